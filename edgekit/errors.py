@@ -1,0 +1,42 @@
+"""Typed errors. Library code raises these; only the CLI turns them into `Error: ...` and an exit code."""
+
+
+class EdgekitError(Exception):
+    """Base class for every error edgekit reports to users as one line."""
+
+
+class InvalidAttributeError(EdgekitError, ValueError):
+    """An op attribute is outside its valid range (budget <= 0, block size 0, ...)."""
+
+
+class ShapeError(EdgekitError, ValueError):
+    """Inputs of an op or model have shapes that cannot work together."""
+
+
+class UnsupportedModelError(EdgekitError):
+    """The model's architecture has no exporter; the message lists the supported ones."""
+
+
+class ModelLoadError(EdgekitError):
+    """A model file or folder is missing, unreadable or corrupt."""
+
+
+class ExportParityError(EdgekitError):
+    """The exported ONNX model disagrees with PyTorch beyond the stated tolerance."""
+
+    def __init__(self, output: str, max_abs_error: float, tolerance: float):
+        super().__init__(
+            f"exported model output '{output}' differs from PyTorch by {max_abs_error:.3g} "
+            f"(tolerance {tolerance:.3g})"
+        )
+        self.output = output
+        self.max_abs_error = max_abs_error
+        self.tolerance = tolerance
+
+
+class ExecutionProviderError(EdgekitError):
+    """The requested execution provider is unknown or not available in this onnxruntime build."""
+
+
+class ProfileError(EdgekitError):
+    """A profiling request cannot run (bad sequence lengths, no models, ...)."""

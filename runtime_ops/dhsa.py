@@ -1,0 +1,299 @@
+"""edgekit::DHSAAttention — dynamic hierarchical sparse attention for long-context prefill.
+
+From "Long-Context Modeling with Dynamic Hierarchical Sparse Attention for On-Device LLMs" (2025),
+training-free. Per (batch, KV head):
+
+1. Split keys into chunks. Adaptive (default): the sequence is cut into windows of `chunk_size` keys
+   and in every window but the first a new chunk starts where consecutive keys are least similar
+   (lowest cosine). This keeps the chunk count fixed (ceil(S / chunk_size)) while the boundaries follow
+   the content. Fixed: chunks of exactly `chunk_size`.
+2. Represent each chunk by the sum of its keys divided by sqrt(length) (= mean * sqrt(length), which
+   favours longer coherent chunks); `length_scaled=0` uses the plain mean. Query blocks of
+   `block_size` tokens are represented the same way, averaged over the query heads sharing a KV head.
+3. Chunk-level similarity (query block x chunk) is upsampled to tokens: every key gets its chunk's
+   score. Each query block keeps its `budget_tokens` best causal keys, always keeping the first
+   `sink_tokens` keys and its "local" keys: its own tokens plus the `local_tokens` keys before it.
+   Ties are broken towards the lower position, so the selection is deterministic.
+4. Attention runs over the kept keys only, causal (and within `sliding_window` if set, with Gemma2's
+   logit `softcap` if set). When S <= budget every key is kept: the op equals dense causal attention.
+
+Inputs: query (B, Hq, S, D) after RoPE, key and value (B, Hkv, S, D) with Hq % Hkv == 0 (GQA).
+Output: (B, Hq, S, D).
+
+The ONNX body gathers the kept keys/values of every query block and runs ONNX `Attention` once over
+all blocks as a batch: the work is a few large MatMuls, never an S x S matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from onnxscript import BOOL, FLOAT, INT64, script
+from onnxscript import opset23 as op
+from onnxscript.values import Opset
+
+from edgekit.errors import InvalidAttributeError, ShapeError
+
+from .registry import DOMAIN, DOMAIN_VERSION, Attribute, OpDef, register
+
+edgekit_opset = Opset(DOMAIN, DOMAIN_VERSION)
+
+ATTRIBUTES = (
+    Attribute("block_size", 128, "query tokens that share one key selection", minimum=1),
+    Attribute("chunk_size", 64, "target key-chunk length (adaptive chunks are 1 .. 2*chunk_size-1)", minimum=1),
+    Attribute("adaptive_chunks", 1, "1: boundaries where consecutive keys are least similar; 0: fixed", 0, 1),
+    Attribute("length_scaled", 1, "1: chunk representation = sum / sqrt(len); 0: plain mean", 0, 1),
+    Attribute("budget_tokens", 2048, "keys each query block attends to", minimum=1),
+    Attribute("sink_tokens", 128, "first keys always kept", minimum=0),
+    Attribute("local_tokens", 128, "keys right before each query block always kept", minimum=0),
+    Attribute("sliding_window", 0, "0: off; else a query sees only the last N positions (Gemma2)", minimum=0),
+    Attribute("softcap", 0.0, "0: off; else logits = softcap * tanh(logits / softcap) (Gemma2)", minimum=0.0),
+    Attribute("scale", 0.0, "logit scale; 0 means 1/sqrt(head_dim)", minimum=0.0),
+)
+
+
+def _check_budget(attrs: dict) -> None:
+    always_kept = attrs["sink_tokens"] + attrs["local_tokens"] + attrs["block_size"]
+    if attrs["budget_tokens"] < always_kept:
+        raise InvalidAttributeError(
+            f"budget_tokens ({attrs['budget_tokens']}) must cover sink_tokens + local_tokens + block_size "
+            f"({always_kept}): those keys are always kept"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# PyTorch reference: token-level masks, written for clarity, not speed.
+
+
+def _norm(lengths: torch.Tensor, length_scaled: int) -> torch.Tensor:
+    lengths = lengths.to(torch.float32)
+    return lengths.sqrt() if length_scaled else lengths
+
+
+def chunk_starts(key: torch.Tensor, chunk_size: int, adaptive: int) -> torch.Tensor:
+    """First position of every key chunk, (B, Hkv, n_chunks); chunk 0 always starts at 0."""
+    B, H, S, _ = key.shape
+    n_chunks = -(-S // chunk_size)
+    fixed = torch.arange(n_chunks) * chunk_size
+    if not adaptive:
+        return fixed.expand(B, H, n_chunks).clone()
+    unit = key / (key.norm(dim=-1, keepdim=True) + 1e-6)
+    similarity = torch.full((B, H, n_chunks * chunk_size), float("inf"))
+    similarity[..., 1:S] = (unit[..., 1:, :] * unit[..., :-1, :]).sum(-1)  # cos(k_t, k_t-1)
+    offsets = similarity.view(B, H, n_chunks, chunk_size).argmin(-1)  # first minimum wins
+    starts = fixed + offsets
+    starts[..., 0] = 0
+    return starts
+
+
+def chunk_membership(starts: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, Hkv, n_chunks, S) bool: key t belongs to chunk j."""
+    ends = torch.cat([starts[..., 1:], torch.full_like(starts[..., :1], seq_len)], dim=-1)
+    pos = torch.arange(seq_len)
+    return (pos >= starts[..., None]) & (pos < ends[..., None])
+
+
+def token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_scaled) -> torch.Tensor:
+    """Importance of every key for every query block, (B, Hkv, n_blocks, S)."""
+    B, Hq, S, D = query.shape
+    Hkv = key.shape[1]
+    member = chunk_membership(chunk_starts(key, chunk_size, adaptive_chunks), S).to(query.dtype)
+    chunk_rep = (member @ key) / _norm(member.sum(-1), length_scaled)[..., None]  # (B, Hkv, C, D)
+    n_blocks = -(-S // block_size)
+    padded = torch.nn.functional.pad(query, (0, 0, 0, n_blocks * block_size - S))
+    block_sum = padded.view(B, Hkv, Hq // Hkv, n_blocks, block_size, D).sum(4).mean(2)  # (B, Hkv, NB, D)
+    block_len = (S - torch.arange(n_blocks) * block_size).clamp(max=block_size)
+    block_rep = block_sum / _norm(block_len, length_scaled)[:, None]
+    return (block_rep @ chunk_rep.transpose(-1, -2)) @ member  # (B, Hkv, NB, S)
+
+
+def visible_keys(seq_len: int, block_size: int, sliding_window: int) -> torch.Tensor:
+    """(n_blocks, S) bool: keys that at least one query of the block may see (causal, window)."""
+    pos = torch.arange(seq_len)
+    last_query = ((torch.arange(-(-seq_len // block_size)) + 1) * block_size).clamp(max=seq_len) - 1
+    visible = pos <= last_query[:, None]
+    if sliding_window:
+        visible &= pos > last_query[:, None] - sliding_window
+    return visible
+
+
+def select_keys(query, key, *, block_size, chunk_size, adaptive_chunks, length_scaled, budget_tokens,
+                sink_tokens, local_tokens, sliding_window, **_) -> torch.Tensor:
+    """Indices of the keys each query block keeps, (B, Hkv, n_blocks, min(budget, S)); no duplicates."""
+    S = query.shape[2]
+    scores = token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_scaled)
+    visible = visible_keys(S, block_size, sliding_window)
+    pos = torch.arange(S)
+    block_start = torch.arange(visible.shape[0]) * block_size
+    forced = (pos < sink_tokens) | (pos >= block_start[:, None] - local_tokens)
+    scores = scores.masked_fill(~visible, float("-inf")).masked_fill(forced & visible, float("inf"))
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices  # ties: lower position first
+    return order[..., : min(budget_tokens, S)]
+
+
+def dhsa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **attrs) -> torch.Tensor:
+    """Reference DHSA prefill: dense attention under the token mask that the selection defines."""
+    B, Hq, S, D = query.shape
+    group = Hq // key.shape[1]
+    block_size = attrs["block_size"]
+    kept = select_keys(query, key, **attrs)
+    keep = torch.zeros(kept.shape[:-1] + (S,), dtype=torch.bool).scatter_(-1, kept, True)
+    keep = keep.repeat_interleave(block_size, dim=2)[:, :, :S]  # (B, Hkv, S, S)
+    pos = torch.arange(S)
+    allowed = pos[None, :] <= pos[:, None]
+    if attrs["sliding_window"]:
+        allowed &= pos[:, None] - pos[None, :] < attrs["sliding_window"]
+    mask = (keep & allowed).repeat_interleave(group, dim=1)  # (B, Hq, S, S)
+    scale = attrs["scale"] or 1.0 / math.sqrt(D)
+    logits = query @ key.repeat_interleave(group, dim=1).transpose(-1, -2) * scale
+    if attrs["softcap"]:
+        logits = attrs["softcap"] * torch.tanh(logits / attrs["softcap"])
+    weights = logits.masked_fill(~mask, float("-inf")).softmax(-1)
+    return weights @ value.repeat_interleave(group, dim=1)
+
+
+def _reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **attrs) -> torch.Tensor:
+    if query.dim() != 4 or key.shape != value.shape or key.dim() != 4:
+        raise ShapeError(f"DHSAAttention wants 4-D (B, H, S, D) inputs, got {list(query.shape)}, "
+                         f"{list(key.shape)}, {list(value.shape)}")
+    if query.shape[1] % key.shape[1] or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
+        raise ShapeError(f"DHSAAttention: query {list(query.shape)} does not fit key {list(key.shape)} "
+                         f"(needs same B, S, D and query heads a multiple of key heads)")
+    return dhsa_attention(query, key, value, **attrs)
+
+
+def _output_shape(input_shapes: Sequence[Sequence[int]]) -> Sequence[int]:
+    return input_shapes[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# ONNX function body (opset 23). Shapes in comments: B batch, Hq/Hkv heads, G = Hq / Hkv, S sequence,
+# D head size, NB query blocks, L = block_size, C key chunks, K = min(budget, S), N = B * Hkv * NB.
+
+
+@script(edgekit_opset, default_opset=op)
+def DHSAAttention(
+    query: FLOAT,
+    key: FLOAT,
+    value: FLOAT,
+    block_size: int = 128,
+    chunk_size: int = 64,
+    adaptive_chunks: int = 1,
+    length_scaled: int = 1,
+    budget_tokens: int = 2048,
+    sink_tokens: int = 128,
+    local_tokens: int = 128,
+    sliding_window: int = 0,
+    softcap: float = 0.0,
+    scale: float = 0.0,
+) -> FLOAT:
+    zero = op.Constant(value_ints=[0])
+    one = op.Constant(value_ints=[1])
+    q_shape = op.Shape(query)
+    batch = op.Shape(query, start=0, end=1)
+    q_heads = op.Shape(query, start=1, end=2)
+    seq = op.Shape(query, start=2, end=3)
+    dim = op.Shape(query, start=3, end=4)
+    kv_heads = op.Shape(key, start=1, end=2)
+    group = op.Div(q_heads, kv_heads)
+    L = op.Reshape(op.Constant(value_int=block_size), one)
+    chunk = op.Reshape(op.Constant(value_int=chunk_size), one)
+    n_blocks = op.Div(seq + L - one, L)
+    n_chunks = op.Div(seq + chunk - one, chunk)
+    pos = op.Range(op.Squeeze(zero), op.Squeeze(seq), op.Constant(value_int=1))  # (S,)
+    big = op.CastLike(op.Constant(value_float=3.0e38), query)
+
+    # 1. chunk boundaries from consecutive-key cosine similarity
+    unit = key / (op.ReduceL2(key, op.Constant(value_ints=[-1]), keepdims=1) + op.CastLike(1e-6, key))
+    prev = op.Slice(unit, zero, op.Constant(value_ints=[-1]), op.Constant(value_ints=[2]))
+    curr = op.Slice(unit, one, seq, op.Constant(value_ints=[2]))
+    cos = op.ReduceSum(curr * prev, op.Constant(value_ints=[-1]), keepdims=0)  # (B, Hkv, S-1)
+    tail = n_chunks * chunk - seq  # +inf before t=1 (no predecessor) and past the end
+    cos = op.Pad(cos, op.Concat(zero, zero, one, zero, zero, tail, axis=0), big)  # (B, Hkv, C * chunk)
+    windows = op.Reshape(cos, op.Concat(batch, kv_heads, n_chunks, chunk, axis=0))
+    offsets = op.ArgMin(windows, axis=-1, keepdims=0)  # (B, Hkv, C)
+    chunk_index = op.Range(op.Squeeze(zero), op.Squeeze(n_chunks), op.Constant(value_int=1))
+    fixed_starts = chunk_index * chunk
+    adaptive = op.Cast(op.Constant(value_int=adaptive_chunks), to=BOOL.dtype)
+    starts = op.Where(op.And(adaptive, chunk_index > 0), fixed_starts + offsets, fixed_starts)
+    ends = op.Concat(op.Slice(starts, one, op.Constant(value_ints=[2**62]), op.Constant(value_ints=[-1])),
+                     op.Expand(seq, op.Concat(batch, kv_heads, one, axis=0)), axis=-1)
+
+    # 2. chunk and query-block representations
+    member = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pos,
+                    pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))  # (B, Hkv, C, S)
+    member_f = op.CastLike(member, query)
+    scaled = op.Cast(op.Constant(value_int=length_scaled), to=BOOL.dtype)
+    chunk_len = op.CastLike(ends - starts, query)
+    chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
+    chunk_rep = op.MatMul(member_f, key) / op.Unsqueeze(chunk_norm, op.Constant(value_ints=[-1]))
+
+    padded_len = n_blocks * L
+    q_pad = op.Pad(query, op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0))
+    blocks6 = op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0)
+    q_blocks = op.Reshape(q_pad, blocks6)  # (B, Hkv, G, NB, L, D)
+    block_sum = op.ReduceMean(op.ReduceSum(q_blocks, op.Constant(value_ints=[4]), keepdims=0),
+                              op.Constant(value_ints=[2]), keepdims=0)  # (B, Hkv, NB, D)
+    block_index = op.Range(op.Squeeze(zero), op.Squeeze(n_blocks), op.Constant(value_int=1))
+    block_start = block_index * L
+    block_len = op.CastLike(op.Min(seq - block_start, L), query)
+    block_norm = op.Where(scaled, op.Sqrt(block_len), block_len)
+    block_rep = block_sum / op.Unsqueeze(block_norm, op.Constant(value_ints=[-1]))
+
+    # 3. token-level importance and top-K selection per query block
+    chunk_scores = op.MatMul(block_rep, op.Transpose(chunk_rep, perm=[0, 1, 3, 2]))  # (B, Hkv, NB, C)
+    scores = op.MatMul(chunk_scores, member_f)  # (B, Hkv, NB, S)
+    last_query = op.Unsqueeze(op.Min(block_start + L, seq) - one, one)  # (NB, 1)
+    window = op.Constant(value_int=sliding_window)
+    window = op.Where(window > 0, window, op.Constant(value_int=2**62))
+    visible = op.And(pos <= last_query, pos > last_query - window)  # (NB, S)
+    sink = op.Constant(value_int=sink_tokens)
+    local = op.Constant(value_int=local_tokens)
+    forced = op.And(op.Or(pos < sink, pos >= op.Unsqueeze(block_start, one) - local), visible)
+    scores = op.Where(visible, scores, -big)
+    scores = op.Where(forced, big, scores)
+    k = op.Min(op.Reshape(op.Constant(value_int=budget_tokens), one), seq)
+    _, kept = op.TopK(scores, k, axis=-1, largest=1, sorted=1)  # (B, Hkv, NB, K)
+
+    # 4. attention over the gathered keys/values, all blocks in one batched Attention call
+    head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
+    head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
+    flat = op.Reshape(kept + head_base, op.Constant(value_ints=[-1]))
+    rows = op.Concat(op.Constant(value_ints=[-1]), dim, axis=0)
+    gathered4 = op.Concat(batch * kv_heads * n_blocks, one, k, dim, axis=0)
+    k_sel = op.Reshape(op.Gather(op.Reshape(key, rows), flat, axis=0), gathered4)  # (N, 1, K, D)
+    v_sel = op.Reshape(op.Gather(op.Reshape(value, rows), flat, axis=0), gathered4)
+
+    q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
+                                    op.Concat(n_blocks, L, axis=0)), op.Constant(value_ints=[-1]))  # (NB, L, 1)
+    key_pos = op.Unsqueeze(kept, op.Constant(value_ints=[3]))  # (B, Hkv, NB, 1, K)
+    allowed = op.And(key_pos <= q_pos, q_pos - key_pos < window)  # (B, Hkv, NB, L, K)
+    allowed = op.Reshape(allowed, op.Concat(batch * kv_heads * n_blocks, one, L, k, axis=0))
+
+    d = op.CastLike(dim, query)
+    user_scale = op.CastLike(op.Constant(value_float=scale), query)
+    q_scale = op.Where(user_scale > op.CastLike(0.0, query), user_scale, op.Reciprocal(op.Sqrt(d)))
+    q_sel = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
+    q_sel = op.Reshape(q_sel, op.Concat(batch * kv_heads * n_blocks, group, L, dim, axis=0))
+    out = op.Attention(q_sel, k_sel, v_sel, allowed, scale=1.0, softcap=softcap)  # (N, G, L, D)
+    out = op.Transpose(op.Reshape(out, op.Concat(batch, kv_heads, n_blocks, group, L, dim, axis=0)),
+                       perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, G, NB, L, D)
+    out = op.Reshape(out, op.Concat(batch, q_heads, padded_len, dim, axis=0))
+    return op.Slice(out, zero, seq, op.Constant(value_ints=[2]))
+
+
+DHSA = register(
+    OpDef(
+        name="DHSAAttention",
+        doc=__doc__.split("\n\n")[0],
+        inputs=("query", "key", "value"),
+        outputs=("output",),
+        attributes=ATTRIBUTES,
+        reference=_reference,
+        function=DHSAAttention,
+        output_shape=_output_shape,
+        check_attributes=_check_budget,
+    )
+)
