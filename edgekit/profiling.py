@@ -1,0 +1,122 @@
+"""`profile`: prefill latency and peak memory of several models side by side, one fresh process each."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+import psutil
+
+from edgekit.errors import ProfileError
+from edgekit.session import load_profile
+
+Progress = Callable[[str, int], None]  # (what runs now, how many are done)
+
+
+def profile(models: Sequence[str], seq_lens: Sequence[int], repeat: int = 3, warmup: int = 1,
+            ep: str = "cpu", threads: int | None = None, timeout_s: float | None = None,
+            memory_limit_mb: float | None = None, on_step: Progress | None = None) -> dict:
+    """Measure every (model, length); the first model is the baseline the ratios refer to.
+
+    A length that runs out of memory, fails or times out is recorded with its status; the sweep goes on.
+    """
+    _check_request(models, seq_lens, repeat, warmup)
+    load_profile(ep).providers()  # unknown or unavailable provider: fail before the sweep starts
+    results = []
+    for model in models:
+        for seq_len in seq_lens:
+            if on_step:
+                on_step(f"{Path(model).name} @ {seq_len}", len(results))
+            results.append(_measure_in_subprocess(model, seq_len, repeat, warmup, ep, threads, timeout_s,
+                                                  memory_limit_mb))
+    add_ratios(results, baseline=models[0])
+    return {"results": results, "environment": environment(ep, threads),
+            "settings": {"repeat": repeat, "warmup": warmup, "seq_lens": list(seq_lens),
+                         "baseline": models[0], "memory": "RSS high-water mark above the loaded model, "
+                                                           "fresh process per model and length"}}
+
+
+def _check_request(models, seq_lens, repeat, warmup) -> None:
+    if not models:
+        raise ProfileError("no models to profile")
+    for model in models:
+        if not Path(model).is_file():
+            raise ProfileError(f"model file not found: {model}")
+    if not seq_lens or any(n < 1 for n in seq_lens):
+        raise ProfileError(f"sequence lengths must be positive integers, got {list(seq_lens)}")
+    if repeat < 1 or warmup < 0:
+        raise ProfileError("need repeat >= 1 and warmup >= 0")
+
+
+def _measure_in_subprocess(model, seq_len, repeat, warmup, ep, threads, timeout_s, memory_limit_mb) -> dict:
+    cmd = [sys.executable, "-m", "edgekit.profile_worker", model, str(seq_len), "--repeat", str(repeat),
+           "--warmup", str(warmup), "--ep", ep]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    if memory_limit_mb is not None:
+        cmd += ["--memory-limit-mb", str(memory_limit_mb)]
+    base = {"model": model, "seq_len": seq_len}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {**base, "status": "timeout", "error": f"took longer than {timeout_s:g} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    if proc.returncode in (-9, 137):  # killed by the kernel's OOM killer
+        return {**base, "status": "oom", "error": "killed by the operating system (out of memory)"}
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {**base, "status": "error", "error": f"worker exited with {proc.returncode}: {tail[:300]}"}
+
+
+def add_ratios(results: list[dict], baseline: str) -> None:
+    """speedup = baseline median / median; memory_ratio = peak / baseline peak (same length)."""
+    base = {r["seq_len"]: r for r in results if r["model"] == baseline and r["status"] == "ok"}
+    for r in results:
+        ref = base.get(r["seq_len"])
+        if r["status"] != "ok" or ref is None:
+            r["speedup_vs_baseline"] = r["memory_ratio_vs_baseline"] = None
+            continue
+        r["speedup_vs_baseline"] = ref["latency_ms"]["median"] / r["latency_ms"]["median"]
+        r["memory_ratio_vs_baseline"] = r["peak_rss_mb"] / ref["peak_rss_mb"] if ref["peak_rss_mb"] > 0 else None
+
+
+def environment(ep: str, threads: int | None) -> dict:
+    """Everything a reader needs to reproduce or compare a result."""
+    versions = {}
+    for dist in ("edgekit", "onnxruntime", "onnx", "onnxscript", "torch", "transformers", "numpy",
+                 "llama_cpp_python"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    profile = load_profile(ep)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "logical_cores": psutil.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "execution_provider": {"profile": profile.name, "provider": profile.provider,
+                               "session": dict(profile.session), "provider_options": dict(profile.provider_options),
+                               "threads": threads},
+        "versions": versions,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

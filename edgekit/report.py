@@ -1,0 +1,90 @@
+"""Reports rendered from profile JSON (the source of truth): a Markdown table and a PNG figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgekit.errors import ProfileError
+from edgekit.files import atomic_output
+
+
+def load_results(path: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProfileError(f"cannot read profile results {path}: {exc}") from None
+    if not isinstance(data, dict) or "results" not in data:
+        raise ProfileError(f"{path} is not an edgekit profile (no 'results')")
+    return data
+
+
+def _fmt(value, pattern: str) -> str:
+    return "—" if value is None else pattern.format(value)
+
+
+def markdown(report: dict) -> str:
+    """One row per (model, length); ratios are against the first model at the same length."""
+    rows = [
+        "| model | method | tokens | status | median ms | p90 ms | peak MB | speedup vs baseline | memory vs baseline |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        lat = r.get("latency_ms") or {}
+        rows.append(
+            f"| {Path(r['model']).name} | {r.get('method', '—')} | {r['seq_len']} | {r['status']} "
+            f"| {_fmt(lat.get('median'), '{:.1f}')} | {_fmt(lat.get('p90'), '{:.1f}')} "
+            f"| {_fmt(r.get('peak_rss_mb'), '{:.0f}')} | {_fmt(r.get('speedup_vs_baseline'), '{:.2f}x')} "
+            f"| {_fmt(r.get('memory_ratio_vs_baseline'), '{:.2f}x')} |"
+        )
+    env = report.get("environment", {})
+    ep = env.get("execution_provider", {})
+    footer = (f"\n{env.get('cpu', '?')}, {env.get('logical_cores', '?')} logical cores, "
+              f"{env.get('memory_gb', '?')} GB; ONNX Runtime {env.get('versions', {}).get('onnxruntime', '?')} "
+              f"profile '{ep.get('profile', '?')}'; baseline: {Path(report.get('settings', {}).get('baseline', '?')).name}")
+    return "\n".join(rows) + "\n" + footer
+
+
+def plot(report: dict, output: str) -> None:
+    """Latency curves (log-log) beside peak-memory bars, one series per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict]] = {}
+    for r in report["results"]:
+        series.setdefault(r["model"], []).append(r)
+    lengths = sorted({r["seq_len"] for r in report["results"]})
+    fig, (ax_lat, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(1, len(series))
+    for i, (model, rs) in enumerate(series.items()):
+        ok = [r for r in rs if r["status"] == "ok"]
+        label = f"{Path(model).name} ({rs[0].get('method', '?')})"
+        ax_lat.plot([r["seq_len"] for r in ok], [r["latency_ms"]["median"] / 1000 for r in ok], "o-", label=label)
+        mem = {r["seq_len"]: r["peak_rss_mb"] for r in ok}
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(lengths))]
+        ax_mem.bar(xs, [mem.get(n, 0) for n in lengths], width, label=label)
+        for x, n in zip(xs, lengths):
+            failed = next((r["status"] for r in rs if r["seq_len"] == n and r["status"] != "ok"), None)
+            if failed:
+                ax_mem.annotate(failed, (x, 0), ha="center", va="bottom", rotation=90, fontsize=8)
+    ax_lat.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="prefill latency, median (s)",
+               title="Prefill latency")
+    ax_lat.set_xticks(lengths, [str(n) for n in lengths])
+    ax_lat.grid(True, which="both", alpha=0.3)
+    ax_lat.legend(fontsize=8)
+    ax_mem.set(xlabel="prompt tokens", ylabel="peak RSS above loaded model (MB)", title="Peak memory")
+    ax_mem.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+    ax_mem.legend(fontsize=8)
+    env = report.get("environment", {})
+    fig.suptitle(f"{env.get('cpu', '')} · {env.get('logical_cores', '?')} cores", fontsize=9)
+    fig.tight_layout()
+    with atomic_output(output) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_json(report: dict, output: str) -> None:
+    with atomic_output(output) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=2) + "\n")

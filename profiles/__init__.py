@@ -1,0 +1,1 @@
+"""Execution-provider profiles: data files only (one TOML per device / provider)."""
