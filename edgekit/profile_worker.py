@@ -39,7 +39,7 @@ def measure(model: str, seq_len: int, repeat: int, warmup: int, ep: str, threads
             seed: int) -> dict:
     from edgekit.runners import runner_for
 
-    runner = runner_for(model, ep=ep, threads=threads)
+    runner = runner_for(model, ep=ep, threads=threads, context=seq_len)
     loaded = psutil.Process().memory_info().rss
     tokens = np.random.default_rng(seed).integers(0, runner.vocab_size, size=seq_len, dtype=np.int64)
     for _ in range(warmup):

@@ -39,8 +39,8 @@ def _static_dim(shape) -> int:
     return last if isinstance(last, int) else 100
 
 
-def runner_for(path: str, ep: str = "cpu", threads: int | None = None):
-    """Pick the runner by file type: .onnx -> ONNX Runtime, .gguf -> llama.cpp."""
+def runner_for(path: str, ep: str = "cpu", threads: int | None = None, context: int = 0):
+    """Pick the runner by file type: .onnx -> ONNX Runtime, .gguf -> llama.cpp (context: longest prompt)."""
     suffix = Path(path).suffix
     if not Path(path).is_file():
         raise ModelLoadError(f"model file not found: {path}")
@@ -49,5 +49,5 @@ def runner_for(path: str, ep: str = "cpu", threads: int | None = None):
     if suffix == ".gguf":
         from edgekit.llamacpp import LlamaCppRunner
 
-        return LlamaCppRunner(path, threads=threads)
+        return LlamaCppRunner(path, threads=threads, n_ctx=context)
     raise ModelLoadError(f"cannot profile {path}: expected an .onnx (ONNX Runtime) or .gguf (llama.cpp) file")
