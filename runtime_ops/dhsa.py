@@ -112,10 +112,11 @@ def token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_sca
 def visible_keys(seq_len: int, block_size: int, sliding_window: int) -> torch.Tensor:
     """(n_blocks, S) bool: keys that at least one query of the block may see (causal, window)."""
     pos = torch.arange(seq_len)
-    last_query = ((torch.arange(-(-seq_len // block_size)) + 1) * block_size).clamp(max=seq_len) - 1
+    first_query = torch.arange(-(-seq_len // block_size)) * block_size
+    last_query = (first_query + block_size).clamp(max=seq_len) - 1
     visible = pos <= last_query[:, None]
-    if sliding_window:
-        visible &= pos > last_query[:, None] - sliding_window
+    if sliding_window:  # the block's first query sees the oldest keys
+        visible &= pos > first_query[:, None] - sliding_window
     return visible
 
 
@@ -248,7 +249,7 @@ def DHSAAttention(
     last_query = op.Unsqueeze(op.Min(block_start + L, seq) - one, one)  # (NB, 1)
     window = op.Constant(value_int=sliding_window)
     window = op.Where(window > 0, window, op.Constant(value_int=2**62))
-    visible = op.And(pos <= last_query, pos > last_query - window)  # (NB, S)
+    visible = op.And(pos <= last_query, pos > op.Unsqueeze(block_start, one) - window)  # (NB, S)
     sink = op.Constant(value_int=sink_tokens)
     local = op.Constant(value_int=local_tokens)
     forced = op.And(op.Or(pos < sink, pos >= op.Unsqueeze(block_start, one) - local), visible)
@@ -257,29 +258,40 @@ def DHSAAttention(
     k = op.Min(op.Reshape(op.Constant(value_int=budget_tokens), one), seq)
     _, kept = op.TopK(scores, k, axis=-1, largest=1, sorted=1)  # (B, Hkv, NB, K)
 
-    # 4. attention over the gathered keys/values, all blocks in one batched Attention call
-    head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
-    head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
-    flat = op.Reshape(kept + head_base, op.Constant(value_ints=[-1]))
-    rows = op.Concat(op.Constant(value_ints=[-1]), dim, axis=0)
-    gathered4 = op.Concat(batch * kv_heads * n_blocks, one, k, dim, axis=0)
-    k_sel = op.Reshape(op.Gather(op.Reshape(key, rows), flat, axis=0), gathered4)  # (N, 1, K, D)
-    v_sel = op.Reshape(op.Gather(op.Reshape(value, rows), flat, axis=0), gathered4)
-
-    q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
-                                    op.Concat(n_blocks, L, axis=0)), op.Constant(value_ints=[-1]))  # (NB, L, 1)
-    key_pos = op.Unsqueeze(kept, op.Constant(value_ints=[3]))  # (B, Hkv, NB, 1, K)
-    allowed = op.And(key_pos <= q_pos, q_pos - key_pos < window)  # (B, Hkv, NB, L, K)
-    allowed = op.Reshape(allowed, op.Concat(batch * kv_heads * n_blocks, one, L, k, axis=0))
-
+    # 4. attention over the gathered keys/values, a slice of query blocks per Loop step: each step
+    #    scores about STEP_TOKENS queries against their K kept keys, so peak memory does not grow with S
+    two = op.Constant(value_ints=[2])
     d = op.CastLike(dim, query)
     user_scale = op.CastLike(op.Constant(value_float=scale), query)
     q_scale = op.Where(user_scale > op.CastLike(0.0, query), user_scale, op.Reciprocal(op.Sqrt(d)))
-    q_sel = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
-    q_sel = op.Reshape(q_sel, op.Concat(batch * kv_heads * n_blocks, group, L, dim, axis=0))
-    out = op.Attention(q_sel, k_sel, v_sel, allowed, scale=1.0, softcap=softcap)  # (N, G, L, D)
-    out = op.Transpose(op.Reshape(out, op.Concat(batch, kv_heads, n_blocks, group, L, dim, axis=0)),
-                       perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, G, NB, L, D)
+    q6 = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
+    head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
+    head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
+    rows = op.Concat(op.Constant(value_ints=[-1]), dim, axis=0)
+    key_rows = op.Reshape(key, rows)  # (B * Hkv * S, D)
+    value_rows = op.Reshape(value, rows)
+    q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
+                                    op.Concat(n_blocks, L, axis=0)), op.Constant(value_ints=[-1]))  # (NB, L, 1)
+    per_step = op.Max(op.Div(op.Constant(value_ints=[2048]), L), one)  # query blocks per step
+    n_steps = op.Div(n_blocks + per_step - one, per_step)
+    out = op.Slice(q6, zero, zero, two)  # (B, Hkv, 0, G, L, D): grows by one slice per step
+    for step in range(op.Squeeze(n_steps)):
+        lo = op.Reshape(step, one) * per_step
+        hi = op.Min(lo + per_step, n_blocks)
+        count = hi - lo
+        kept_s = op.Slice(kept, lo, hi, two)  # (B, Hkv, T, K)
+        flat = op.Reshape(kept_s + head_base, op.Constant(value_ints=[-1]))
+        gathered = op.Concat(batch * kv_heads * count, one, k, dim, axis=0)
+        k_s = op.Reshape(op.Gather(key_rows, flat, axis=0), gathered)  # (B * Hkv * T, 1, K, D)
+        v_s = op.Reshape(op.Gather(value_rows, flat, axis=0), gathered)
+        q_s = op.Reshape(op.Slice(q6, lo, hi, two), op.Concat(batch * kv_heads * count, group, L, dim, axis=0))
+        qp = op.Slice(q_pos, lo, hi, zero)  # (T, L, 1)
+        key_pos = op.Unsqueeze(kept_s, op.Constant(value_ints=[3]))  # (B, Hkv, T, 1, K)
+        allowed = op.And(key_pos <= qp, qp - key_pos < window)  # (B, Hkv, T, L, K)
+        allowed = op.Reshape(allowed, op.Concat(batch * kv_heads * count, one, L, k, axis=0))
+        o = op.Attention(q_s, k_s, v_s, allowed, scale=1.0, softcap=softcap)  # (B * Hkv * T, G, L, D)
+        out = op.Concat(out, op.Reshape(o, op.Concat(batch, kv_heads, count, group, L, dim, axis=0)), axis=2)
+    out = op.Transpose(out, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, G, NB, L, D)
     out = op.Reshape(out, op.Concat(batch, q_heads, padded_len, dim, axis=0))
     return op.Slice(out, zero, seq, op.Constant(value_ints=[2]))
 
