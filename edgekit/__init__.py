@@ -1,3 +1,31 @@
-"""edgekit: efficient-attention models exported to ONNX with custom ops, run and profiled in ONNX Runtime."""
+"""edgekit: efficient-attention models exported to ONNX with custom ops, run and profiled in ONNX Runtime.
+
+The public API, one plain function per pipeline step:
+    export(model, output, method=...)   model -> checked ONNX file
+    Session(path, ep=...)               run an exported model (edgekit ops included)
+    profile(models, seq_lens)           prefill latency / peak memory side by side
+    report.markdown(results)            render profile results
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_LAZY = {  # imported on first use: `import edgekit` stays fast and torch-free
+    "export": ("edgekit.export", "export"),
+    "Session": ("edgekit.session", "Session"),
+    "profile": ("edgekit.profiling", "profile"),
+    "passkey": ("edgekit.passkey", "passkey"),
+    "report": ("edgekit.report", None),
+    "errors": ("edgekit.errors", None),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module

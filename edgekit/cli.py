@@ -69,7 +69,7 @@ def export(
 
 @app.command()
 def profile(
-    models: List[str] = typer.Argument(..., help="exported .onnx files (or .gguf for llama.cpp); the first is the baseline"),
+    models: List[str] = typer.Argument(..., help="exported .onnx files, .gguf files or a packaged model name (llama.cpp); the first is the baseline"),
     seq_lens: str = typer.Option("1024,4096,8192", help="comma-separated prompt lengths"),
     repeat: int = typer.Option(3, help="timed runs per length (median and p90 reported)"),
     warmup: int = typer.Option(1, help="untimed runs first"),
@@ -190,6 +190,22 @@ def demo(
                               on_step=lambda label, done: bar.update(task, description=label, completed=done))
         bar.update(task, completed=len(paths) * len(lengths), description="done")
     _emit(results, output_dir / "profile.json", output_dir / "profile.png")
+
+
+@app.command("gguf")
+def gguf_cmd(
+    model: str = typer.Argument(..., help="Llama-family preset, Hugging Face folder or .gguf file"),
+    output: Path = typer.Option(..., "-o", "--output", help="GGUF file to write (f32)"),
+):
+    """Write a model's exact weights as an f32 GGUF: the llama.cpp baseline for `edgekit profile`."""
+    from edgekit.exporters.sources import load
+    from edgekit.llamacpp import write_gguf
+
+    with err.status(f"writing {model} as GGUF"):
+        _, hf_model, name = load(model)
+        path = write_gguf(hf_model, output, name=name)
+    size_mb = path.stat().st_size / 1e6
+    typer.echo(f"wrote {path} ({size_mb:.1f} MB): {name}, f32, for llama.cpp (profile it beside the ONNX export)")
 
 
 def _fail(line: str) -> None:

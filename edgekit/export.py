@@ -45,8 +45,11 @@ def dhsa_options(**options) -> dict:
 
 def export(model: str, output: str, method: str = "dense", check_tokens: int = 64,
            tolerance: float = DEFAULT_TOLERANCE, seed: int = 0, logits_to_keep: int = 1,
-           **options) -> ExportResult:
-    """Export a decoder LLM's prefill graph and check it against PyTorch before writing it."""
+           loaded: tuple | None = None, **options) -> ExportResult:
+    """Export a decoder LLM's prefill graph and check it against PyTorch before writing it.
+
+    `loaded` reuses a `sources.load(model)` result: exporting one real model several ways loads it once.
+    """
     if method not in METHODS:
         raise EdgekitError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
     if method == "dense" and options:
@@ -54,7 +57,7 @@ def export(model: str, output: str, method: str = "dense", check_tokens: int = 6
     if check_tokens < logits_to_keep or logits_to_keep < 1:
         raise EdgekitError("need 1 <= logits_to_keep <= check_tokens")
     options = dhsa_options(**options) if method == "dhsa" else {}
-    family, torch_model, name = sources.load(model)
+    family, torch_model, name = loaded or sources.load(model)
     proto = attach_functions(family.to_onnx(torch_model, method, options, logits_to_keep))
     onnx.helper.set_model_props(proto, {"edgekit.model": name, "edgekit.method": method,
                                         "edgekit.options": json.dumps(options)})

@@ -26,6 +26,7 @@ def profile(models: Sequence[str], seq_lens: Sequence[int], repeat: int = 3, war
 
     A length that runs out of memory, fails or times out is recorded with its status; the sweep goes on.
     """
+    models = [_model_file(m) for m in models]
     _check_request(models, seq_lens, repeat, warmup)
     load_profile(ep).providers()  # unknown or unavailable provider: fail before the sweep starts
     results = []
@@ -40,6 +41,13 @@ def profile(models: Sequence[str], seq_lens: Sequence[int], repeat: int = 3, war
             "settings": {"repeat": repeat, "warmup": warmup, "seq_lens": list(seq_lens),
                          "baseline": models[0], "memory": "RSS high-water mark above the loaded model, "
                                                            "fresh process per model and length"}}
+
+
+def _model_file(model: str) -> str:
+    """A packaged real model's name (e.g. smollm2-135m) stands for its GGUF file: the llama.cpp baseline."""
+    from edgekit.exporters.sources import PACKAGED, packaged_path
+
+    return str(packaged_path(model)) if model in PACKAGED and not Path(model).exists() else model
 
 
 def _check_request(models, seq_lens, repeat, warmup) -> None:

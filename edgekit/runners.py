@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from edgekit.errors import ModelLoadError
 
@@ -20,7 +19,7 @@ class OnnxRunner:
         from edgekit.session import Session
 
         self.session = Session(path, ep=ep, threads=threads)
-        meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        meta = self.session._session.get_modelmeta().custom_metadata_map
         self.method = meta.get("edgekit.method", "onnx")
         self.vocab_size = _static_dim(self.session._session.get_outputs()[0].shape)
         self.first_output = self.session.output_names[:1]

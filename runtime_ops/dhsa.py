@@ -20,8 +20,9 @@ training-free. Per (batch, KV head):
 Inputs: query (B, Hq, S, D) after RoPE, key and value (B, Hkv, S, D) with Hq % Hkv == 0 (GQA).
 Output: (B, Hq, S, D).
 
-The ONNX body gathers the kept keys/values of every query block and runs ONNX `Attention` once over
-all blocks as a batch: the work is a few large MatMuls, never an S x S matrix.
+The ONNX body runs ONNX `Attention` directly when S <= budget. Otherwise it gathers the kept
+keys/values of every query block and runs ONNX `Attention` over ~2048 queries per `Loop` step: the work
+is a few large MatMuls, never an S x S matrix, and peak memory stays flat as S grows.
 """
 
 from __future__ import annotations
@@ -192,7 +193,6 @@ def DHSAAttention(
 ) -> FLOAT:
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
-    q_shape = op.Shape(query)
     batch = op.Shape(query, start=0, end=1)
     q_heads = op.Shape(query, start=1, end=2)
     seq = op.Shape(query, start=2, end=3)
@@ -206,94 +206,103 @@ def DHSAAttention(
     pos = op.Range(op.Squeeze(zero), op.Squeeze(seq), op.Constant(value_int=1))  # (S,)
     big = op.CastLike(op.Constant(value_float=3.0e38), query)
 
-    # 1. chunk boundaries from consecutive-key cosine similarity
-    unit = key / (op.ReduceL2(key, op.Constant(value_ints=[-1]), keepdims=1) + op.CastLike(1e-6, key))
-    prev = op.Slice(unit, zero, op.Constant(value_ints=[-1]), op.Constant(value_ints=[2]))
-    curr = op.Slice(unit, one, seq, op.Constant(value_ints=[2]))
-    cos = op.ReduceSum(curr * prev, op.Constant(value_ints=[-1]), keepdims=0)  # (B, Hkv, S-1)
-    tail = n_chunks * chunk - seq  # +inf before t=1 (no predecessor) and past the end
-    cos = op.Pad(cos, op.Concat(zero, zero, one, zero, zero, tail, axis=0), big)  # (B, Hkv, C * chunk)
-    windows = op.Reshape(cos, op.Concat(batch, kv_heads, n_chunks, chunk, axis=0))
-    offsets = op.ArgMin(windows, axis=-1, keepdims=0)  # (B, Hkv, C)
-    chunk_index = op.Range(op.Squeeze(zero), op.Squeeze(n_chunks), op.Constant(value_int=1))
-    fixed_starts = chunk_index * chunk
-    adaptive = op.Cast(op.Constant(value_int=adaptive_chunks), to=BOOL.dtype)
-    starts = op.Where(op.And(adaptive, chunk_index > 0), fixed_starts + offsets, fixed_starts)
-    ends = op.Concat(op.Slice(starts, one, op.Constant(value_ints=[2**62]), op.Constant(value_ints=[-1])),
-                     op.Expand(seq, op.Concat(batch, kv_heads, one, axis=0)), axis=-1)
-
-    # 2. chunk and query-block representations
-    member = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pos,
-                    pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))  # (B, Hkv, C, S)
-    member_f = op.CastLike(member, query)
-    scaled = op.Cast(op.Constant(value_int=length_scaled), to=BOOL.dtype)
-    chunk_len = op.CastLike(ends - starts, query)
-    chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
-    chunk_rep = op.MatMul(member_f, key) / op.Unsqueeze(chunk_norm, op.Constant(value_ints=[-1]))
-
-    padded_len = n_blocks * L
-    q_pad = op.Pad(query, op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0))
-    blocks6 = op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0)
-    q_blocks = op.Reshape(q_pad, blocks6)  # (B, Hkv, G, NB, L, D)
-    block_sum = op.ReduceMean(op.ReduceSum(q_blocks, op.Constant(value_ints=[4]), keepdims=0),
-                              op.Constant(value_ints=[2]), keepdims=0)  # (B, Hkv, NB, D)
-    block_index = op.Range(op.Squeeze(zero), op.Squeeze(n_blocks), op.Constant(value_int=1))
-    block_start = block_index * L
-    block_len = op.CastLike(op.Min(seq - block_start, L), query)
-    block_norm = op.Where(scaled, op.Sqrt(block_len), block_len)
-    block_rep = block_sum / op.Unsqueeze(block_norm, op.Constant(value_ints=[-1]))
-
-    # 3. token-level importance and top-K selection per query block
-    chunk_scores = op.MatMul(block_rep, op.Transpose(chunk_rep, perm=[0, 1, 3, 2]))  # (B, Hkv, NB, C)
-    scores = op.MatMul(chunk_scores, member_f)  # (B, Hkv, NB, S)
-    last_query = op.Unsqueeze(op.Min(block_start + L, seq) - one, one)  # (NB, 1)
+    two = op.Constant(value_ints=[2])
     window = op.Constant(value_int=sliding_window)
     window = op.Where(window > 0, window, op.Constant(value_int=2**62))
-    visible = op.And(pos <= last_query, pos > op.Unsqueeze(block_start, one) - window)  # (NB, S)
-    sink = op.Constant(value_int=sink_tokens)
-    local = op.Constant(value_int=local_tokens)
-    forced = op.And(op.Or(pos < sink, pos >= op.Unsqueeze(block_start, one) - local), visible)
-    scores = op.Where(visible, scores, -big)
-    scores = op.Where(forced, big, scores)
-    k = op.Min(op.Reshape(op.Constant(value_int=budget_tokens), one), seq)
-    _, kept = op.TopK(scores, k, axis=-1, largest=1, sorted=1)  # (B, Hkv, NB, K)
-
-    # 4. attention over the gathered keys/values, a slice of query blocks per Loop step: each step
-    #    scores about STEP_TOKENS queries against their K kept keys, so peak memory does not grow with S
-    two = op.Constant(value_ints=[2])
     d = op.CastLike(dim, query)
     user_scale = op.CastLike(op.Constant(value_float=scale), query)
     q_scale = op.Where(user_scale > op.CastLike(0.0, query), user_scale, op.Reciprocal(op.Sqrt(d)))
-    q6 = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
-    head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
-    head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
-    rows = op.Concat(op.Constant(value_ints=[-1]), dim, axis=0)
-    key_rows = op.Reshape(key, rows)  # (B * Hkv * S, D)
-    value_rows = op.Reshape(value, rows)
-    q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
-                                    op.Concat(n_blocks, L, axis=0)), op.Constant(value_ints=[-1]))  # (NB, L, 1)
-    per_step = op.Max(op.Div(op.Constant(value_ints=[2048]), L), one)  # query blocks per step
-    n_steps = op.Div(n_blocks + per_step - one, per_step)
-    out = op.Slice(q6, zero, zero, two)  # (B, Hkv, 0, G, L, D): grows by one slice per step
-    for step in range(op.Squeeze(n_steps)):
-        lo = op.Reshape(step, one) * per_step
-        hi = op.Min(lo + per_step, n_blocks)
-        count = hi - lo
-        kept_s = op.Slice(kept, lo, hi, two)  # (B, Hkv, T, K)
-        flat = op.Reshape(kept_s + head_base, op.Constant(value_ints=[-1]))
-        gathered = op.Concat(batch * kv_heads * count, one, k, dim, axis=0)
-        k_s = op.Reshape(op.Gather(key_rows, flat, axis=0), gathered)  # (B * Hkv * T, 1, K, D)
-        v_s = op.Reshape(op.Gather(value_rows, flat, axis=0), gathered)
-        q_s = op.Reshape(op.Slice(q6, lo, hi, two), op.Concat(batch * kv_heads * count, group, L, dim, axis=0))
-        qp = op.Slice(q_pos, lo, hi, zero)  # (T, L, 1)
-        key_pos = op.Unsqueeze(kept_s, op.Constant(value_ints=[3]))  # (B, Hkv, T, 1, K)
-        allowed = op.And(key_pos <= qp, qp - key_pos < window)  # (B, Hkv, T, L, K)
-        allowed = op.Reshape(allowed, op.Concat(batch * kv_heads * count, one, L, k, axis=0))
-        o = op.Attention(q_s, k_s, v_s, allowed, scale=1.0, softcap=softcap)  # (B * Hkv * T, G, L, D)
-        out = op.Concat(out, op.Reshape(o, op.Concat(batch, kv_heads, count, group, L, dim, axis=0)), axis=2)
-    out = op.Transpose(out, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, G, NB, L, D)
-    out = op.Reshape(out, op.Concat(batch, q_heads, padded_len, dim, axis=0))
-    return op.Slice(out, zero, seq, op.Constant(value_ints=[2]))
+    budget = op.Reshape(op.Constant(value_int=budget_tokens), one)
+
+    if op.Squeeze(seq <= budget):
+        # 0. every key fits the budget, so every key is kept: plain dense causal (windowed) attention
+        gap = op.Unsqueeze(pos, one) - pos  # (S, S) query position - key position
+        causal = op.And(gap >= 0, gap < window)
+        result = op.Attention(query * q_scale, key, value, causal, scale=1.0, softcap=softcap)
+    else:
+        # 1. chunk boundaries from consecutive-key cosine similarity
+        unit = key / (op.ReduceL2(key, op.Constant(value_ints=[-1]), keepdims=1) + op.CastLike(1e-6, key))
+        prev = op.Slice(unit, zero, op.Constant(value_ints=[-1]), op.Constant(value_ints=[2]))
+        curr = op.Slice(unit, one, seq, op.Constant(value_ints=[2]))
+        cos = op.ReduceSum(curr * prev, op.Constant(value_ints=[-1]), keepdims=0)  # (B, Hkv, S-1)
+        tail = n_chunks * chunk - seq  # +inf before t=1 (no predecessor) and past the end
+        cos = op.Pad(cos, op.Concat(zero, zero, one, zero, zero, tail, axis=0), big)  # (B, Hkv, C * chunk)
+        windows = op.Reshape(cos, op.Concat(batch, kv_heads, n_chunks, chunk, axis=0))
+        offsets = op.ArgMin(windows, axis=-1, keepdims=0)  # (B, Hkv, C)
+        chunk_index = op.Range(op.Squeeze(zero), op.Squeeze(n_chunks), op.Constant(value_int=1))
+        fixed_starts = chunk_index * chunk
+        adaptive = op.Cast(op.Constant(value_int=adaptive_chunks), to=BOOL.dtype)
+        starts = op.Where(op.And(adaptive, chunk_index > 0), fixed_starts + offsets, fixed_starts)
+        ends = op.Concat(op.Slice(starts, one, op.Constant(value_ints=[2**62]), op.Constant(value_ints=[-1])),
+                         op.Expand(seq, op.Concat(batch, kv_heads, one, axis=0)), axis=-1)
+
+        # 2. chunk and query-block representations
+        member = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pos,
+                        pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))  # (B, Hkv, C, S)
+        member_f = op.CastLike(member, query)
+        scaled = op.Cast(op.Constant(value_int=length_scaled), to=BOOL.dtype)
+        chunk_len = op.CastLike(ends - starts, query)
+        chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
+        chunk_rep = op.MatMul(member_f, key) / op.Unsqueeze(chunk_norm, op.Constant(value_ints=[-1]))
+
+        padded_len = n_blocks * L
+        q_pad = op.Pad(query, op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0))
+        blocks6 = op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0)
+        q_blocks = op.Reshape(q_pad, blocks6)  # (B, Hkv, G, NB, L, D)
+        block_sum = op.ReduceMean(op.ReduceSum(q_blocks, op.Constant(value_ints=[4]), keepdims=0),
+                                  op.Constant(value_ints=[2]), keepdims=0)  # (B, Hkv, NB, D)
+        block_index = op.Range(op.Squeeze(zero), op.Squeeze(n_blocks), op.Constant(value_int=1))
+        block_start = block_index * L
+        block_len = op.CastLike(op.Min(seq - block_start, L), query)
+        block_norm = op.Where(scaled, op.Sqrt(block_len), block_len)
+        block_rep = block_sum / op.Unsqueeze(block_norm, op.Constant(value_ints=[-1]))
+
+        # 3. token-level importance and top-K selection per query block
+        chunk_scores = op.MatMul(block_rep, op.Transpose(chunk_rep, perm=[0, 1, 3, 2]))  # (B, Hkv, NB, C)
+        scores = op.MatMul(chunk_scores, member_f)  # (B, Hkv, NB, S)
+        last_query = op.Unsqueeze(op.Min(block_start + L, seq) - one, one)  # (NB, 1)
+        visible = op.And(pos <= last_query, pos > op.Unsqueeze(block_start, one) - window)  # (NB, S)
+        sink = op.Constant(value_int=sink_tokens)
+        local = op.Constant(value_int=local_tokens)
+        forced = op.And(op.Or(pos < sink, pos >= op.Unsqueeze(block_start, one) - local), visible)
+        scores = op.Where(visible, scores, -big)
+        scores = op.Where(forced, big, scores)
+        k = op.Min(budget, seq)
+        _, kept = op.TopK(scores, k, axis=-1, largest=1, sorted=1)  # (B, Hkv, NB, K)
+
+        # 4. attention over the gathered keys/values, a slice of query blocks per Loop step: each step
+        #    scores about STEP_TOKENS queries against their K kept keys, so peak memory does not grow with S
+        q6 = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
+        head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
+        head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
+        rows = op.Concat(op.Constant(value_ints=[-1]), dim, axis=0)
+        key_rows = op.Reshape(key, rows)  # (B * Hkv * S, D)
+        value_rows = op.Reshape(value, rows)
+        q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
+                                        op.Concat(n_blocks, L, axis=0)), op.Constant(value_ints=[-1]))  # (NB, L, 1)
+        per_step = op.Max(op.Div(op.Constant(value_ints=[2048]), L), one)  # query blocks per step
+        n_steps = op.Div(n_blocks + per_step - one, per_step)
+        out = op.Slice(q6, zero, zero, two)  # (B, Hkv, 0, G, L, D): grows by one slice per step
+        for step in range(op.Squeeze(n_steps)):
+            lo = op.Reshape(step, one) * per_step
+            hi = op.Min(lo + per_step, n_blocks)
+            count = hi - lo
+            kept_s = op.Slice(kept, lo, hi, two)  # (B, Hkv, T, K)
+            flat = op.Reshape(kept_s + head_base, op.Constant(value_ints=[-1]))
+            gathered = op.Concat(batch * kv_heads * count, one, k, dim, axis=0)
+            k_s = op.Reshape(op.Gather(key_rows, flat, axis=0), gathered)  # (B * Hkv * T, 1, K, D)
+            v_s = op.Reshape(op.Gather(value_rows, flat, axis=0), gathered)
+            q_s = op.Reshape(op.Slice(q6, lo, hi, two), op.Concat(batch * kv_heads * count, group, L, dim, axis=0))
+            qp = op.Slice(q_pos, lo, hi, zero)  # (T, L, 1)
+            key_pos = op.Unsqueeze(kept_s, op.Constant(value_ints=[3]))  # (B, Hkv, T, 1, K)
+            allowed = op.And(key_pos <= qp, qp - key_pos < window)  # (B, Hkv, T, L, K)
+            allowed = op.Reshape(allowed, op.Concat(batch * kv_heads * count, one, L, k, axis=0))
+            o = op.Attention(q_s, k_s, v_s, allowed, scale=1.0, softcap=softcap)  # (B * Hkv * T, G, L, D)
+            out = op.Concat(out, op.Reshape(o, op.Concat(batch, kv_heads, count, group, L, dim, axis=0)), axis=2)
+        out = op.Transpose(out, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, G, NB, L, D)
+        out = op.Reshape(out, op.Concat(batch, q_heads, padded_len, dim, axis=0))
+        result = op.Slice(out, zero, seq, two)
+    return result
 
 
 DHSA = register(

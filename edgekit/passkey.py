@@ -1,0 +1,232 @@
+"""`passkey`: needle-in-a-haystack retrieval, scored in one prefill per prompt.
+
+A random 5-digit key sits at a chosen depth of repetitive filler text; the prompt ends with
+"The pass key is". Instead of generating, we feed the answer too (teacher forcing) and read the last
+few rows of logits: the key counts as found iff the argmax at every answer position is the answer's
+token, which is exactly what greedy decoding would have produced. So one prefill per prompt suffices,
+and models exported with `export(..., logits_to_keep=LOGITS_TO_KEEP)` can be scored by ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import random
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgekit.errors import EdgekitError
+
+Progress = Callable[[str, int], None]  # (what runs now, how many are done)
+
+# Rows of logits a model must emit: " 12345" is 6 SmolLM2 tokens (a space, then one per digit).
+LOGITS_TO_KEEP = 8
+DEFAULT_TOKENIZER = "smollm2-135m"
+
+FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
+INTRO = ("A pass key is hidden somewhere in the long text below. Find it and remember it: "
+         "you will be asked for it at the end.")
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = "What is the pass key?"
+ANSWER_PREFIX = "The pass key is"
+USE_CHAT_TEMPLATE = True  # the instruct model answers from its assistant turn
+
+
+@dataclasses.dataclass(frozen=True)
+class PasskeyPrompt:
+    """Token ids of one prompt; `model_input` is what a model sees (prompt + answer, teacher-forced)."""
+
+    ids: tuple[int, ...]
+    answer_ids: tuple[int, ...]
+    key: str
+    needle_start: int  # token index where the needle begins
+
+    @property
+    def model_input(self) -> np.ndarray:
+        """The last answer token is never an input: nothing is predicted after it."""
+        return np.array([self.ids + self.answer_ids[:-1]], dtype=np.int64)  # (1, S)
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(spec: str = DEFAULT_TOKENIZER):
+    """A local tokenizer: a packaged model name, a .gguf file or a Hugging Face folder (cached: ~5 s)."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    from edgekit.exporters.sources import PACKAGED, packaged_path
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = packaged_path(spec) if spec in PACKAGED else Path(spec)
+    if path.is_file() and path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if path.is_dir():
+        return AutoTokenizer.from_pretrained(path)
+    raise EdgekitError(f"tokenizer '{spec}' is not a packaged model, a .gguf file or a Hugging Face folder")
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _frame(tokenizer) -> tuple[str, str]:
+    """Text before and after the user's message (the chat template's turns, or nothing)."""
+    if not USE_CHAT_TEMPLATE:
+        return "", " " + ANSWER_PREFIX
+    marker = "\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
+                                         add_generation_prompt=True)
+    head, tail = text.split(marker)
+    return head, tail + ANSWER_PREFIX
+
+
+def _filler_sentences(tokenizer, budget: int) -> list[list[int]]:
+    """Whole filler sentences, cycled, whose tokens fit in `budget`."""
+    pieces = [_encode(tokenizer, " " + s) for s in FILLER]
+    sentences, used = [], 0
+    while used + len(pieces[len(sentences) % len(pieces)]) <= budget:
+        sentences.append(pieces[len(sentences) % len(pieces)])
+        used += len(sentences[-1])
+    return sentences
+
+
+def build_prompt(tokenizer, length: int, depth: float, key: str) -> PasskeyPrompt:
+    """A prompt whose model input is at most `length` tokens (short by less than one filler sentence)."""
+    head, tail = _frame(tokenizer)
+    start = _encode(tokenizer, head + INTRO)
+    needle = _encode(tokenizer, " " + NEEDLE.format(key=key))
+    end = _encode(tokenizer, " " + QUESTION + tail)
+    answer = _encode(tokenizer, " " + key)
+    budget = length - len(start) - len(needle) - len(end) - (len(answer) - 1)
+    sentences = _filler_sentences(tokenizer, budget)
+    if not sentences:
+        raise EdgekitError(f"passkey length {length} is too short: the fixed text alone takes "
+                           f"{length - budget} tokens")
+    split = round(depth * len(sentences))
+    before = [t for s in sentences[:split] for t in s]
+    after = [t for s in sentences[split:] for t in s]
+    ids = start + before + needle + after + end
+    return PasskeyPrompt(tuple(ids), tuple(answer), key, needle_start=len(start) + len(before))
+
+
+def score(logits: np.ndarray, answer_ids: Sequence[int]) -> tuple[bool, list[int]]:
+    """Found iff the argmax of every answer position is the answer token; also returns the argmaxes.
+
+    `logits` (N, vocab) belong to the last N inputs of prompt + answer[:-1]: row -len(answer) predicts
+    the first answer token, the last row the last one.
+    """
+    n = len(answer_ids)
+    if logits.ndim != 2 or logits.shape[0] < n:
+        raise EdgekitError(f"scoring a {n}-token answer needs logits of its {n} positions, got shape "
+                           f"{tuple(logits.shape)}: export with logits_to_keep={LOGITS_TO_KEEP}")
+    predicted = logits[-n:].argmax(axis=-1).tolist()
+    return predicted == list(answer_ids), predicted
+
+
+def passkey(models: Sequence[str], lengths: Sequence[int], depths: Sequence[float], trials: int = 1,
+            seed: int = 0, ep: str = "cpu", on_step: Progress | None = None,
+            tokenizer: str = DEFAULT_TOKENIZER) -> dict:
+    """Score every model on the same prompts (one per length, depth and trial); JSON-able results."""
+    from edgekit.profiling import environment
+    from edgekit.session import Session
+
+    _check_request(models, lengths, depths, trials)
+    tok = load_tokenizer(tokenizer)
+    infos = [_model_info(m, len(tok)) for m in models]  # bad models fail before any long run
+    cases = make_cases(tok, lengths, depths, trials, seed)
+    results = []
+    for model, method in zip(models, infos):
+        session = Session(model, ep=ep)
+        for case in cases:
+            if on_step:
+                on_step(f"{Path(model).name} @ {case['seq_len']}, depth {case['depth']:g}", len(results))
+            results.append({"model": model, "method": method, **_run_case(session, tok, case)})
+    return {"results": results, "summary": summarize(results), "environment": environment(ep, None),
+            "settings": {"lengths": list(lengths), "depths": list(depths), "trials": trials, "seed": seed,
+                         "tokenizer": tokenizer, "chat_template": USE_CHAT_TEMPLATE}}
+
+
+def _check_request(models, lengths, depths, trials) -> None:
+    if not models:
+        raise EdgekitError("no models to test")
+    for model in models:
+        if not Path(model).is_file():
+            raise EdgekitError(f"model file not found: {model}")
+    if not lengths or min(lengths) < 1:
+        raise EdgekitError(f"lengths must be positive integers, got {list(lengths)}")
+    if not depths or not all(0.0 <= d <= 1.0 for d in depths):
+        raise EdgekitError(f"depths must be fractions in [0, 1], got {list(depths)}")
+    if trials < 1:
+        raise EdgekitError("need trials >= 1")
+
+
+def _model_info(path: str, vocab: int) -> str:
+    """The model's edgekit method; raises if its logits cannot score a passkey answer."""
+    import onnx
+
+    proto = onnx.load(path, load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    outputs = {o.name: o for o in proto.graph.output}
+    if "logits" not in outputs:
+        raise EdgekitError(f"{path} has no 'logits' output: export it with edgekit")
+    dims = outputs["logits"].type.tensor_type.shape.dim
+    if len(dims) != 3:
+        raise EdgekitError(f"{path} emits only the last token's logits; re-export it with "
+                           f"--logits-to-keep {LOGITS_TO_KEEP} to score passkey answers")
+    if dims[2].HasField("dim_value") and dims[2].dim_value != vocab:
+        raise EdgekitError(f"{path} has a vocabulary of {dims[2].dim_value} tokens but the passkey "
+                           f"tokenizer has {vocab}: export the model the tokenizer belongs to")
+    return props.get("edgekit.method", "unknown")
+
+
+def make_cases(tokenizer, lengths, depths, trials: int, seed: int) -> list[dict]:
+    """One prompt per (length, depth, trial) with a seeded key: every model sees the same prompts."""
+    rng = random.Random(seed)
+    cases = []
+    for seq_len in lengths:
+        for depth in depths:
+            for trial in range(trials):
+                key = str(rng.randint(10000, 99999))
+                prompt = build_prompt(tokenizer, seq_len, depth, key)
+                cases.append({"seq_len": seq_len, "depth": depth, "trial": trial, "prompt": prompt})
+    return cases
+
+
+def _run_case(session, tokenizer, case: dict) -> dict:
+    prompt = case["prompt"]
+    ids = prompt.model_input
+    logits = session.run({"input_ids": ids}, outputs=["logits"])["logits"][0]  # (N, vocab)
+    found, predicted = score(logits, prompt.answer_ids)
+    return {"seq_len": case["seq_len"], "tokens": int(ids.shape[1]), "depth": case["depth"],
+            "trial": case["trial"], "key": prompt.key, "found": found,
+            "answer": tokenizer.decode(predicted).strip()}
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """found / total per (model, length), in the order the results came."""
+    counts: dict[tuple, dict] = {}
+    for r in results:
+        row = counts.setdefault((r["model"], r["seq_len"]), {"model": r["model"], "method": r["method"],
+                                                             "seq_len": r["seq_len"], "found": 0, "total": 0})
+        row["found"] += int(r["found"])
+        row["total"] += 1
+    return list(counts.values())
+
+
+def markdown(report: dict) -> str:
+    """One row per length, one column per model: keys found / prompts."""
+    summary = report["summary"]
+    models = list(dict.fromkeys((s["model"], s["method"]) for s in summary))
+    cells = {(s["model"], s["seq_len"]): f"{s['found']}/{s['total']}" for s in summary}
+    lengths = list(dict.fromkeys(s["seq_len"] for s in summary))
+    rows = ["| tokens | " + " | ".join(f"{Path(m).name} ({method})" for m, method in models) + " |",
+            "|---:|" + "---:|" * len(models)]
+    for n in lengths:
+        rows.append(f"| {n} | " + " | ".join(cells.get((m, n), "—") for m, _ in models) + " |")
+    settings = report.get("settings", {})
+    footer = (f"\npass key found / prompts; depths {', '.join(f'{d:g}' for d in settings.get('depths', []))}, "
+              f"{settings.get('trials', '?')} trial(s) each, seed {settings.get('seed', '?')}; "
+              f"greedy answer checked by teacher forcing")
+    return "\n".join(rows) + "\n" + footer

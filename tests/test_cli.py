@@ -1,0 +1,258 @@
+"""CLI tests through the installed console script: exit codes, stdout for results, one `Error:` line on
+stderr for bad input (no traceback, no output file). Also the `Session` API's input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgekit.errors import ExecutionProviderError, ModelLoadError, ShapeError
+from edgekit.exporters import families
+from edgekit.runtime_ops import all_ops
+from edgekit.session import Session
+
+_SCRIPT = shutil.which("edgekit", path=str(Path(sys.executable).parent))
+EDGEKIT = [_SCRIPT] if _SCRIPT else [sys.executable, "-m", "edgekit.cli"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def edgekit(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
+    return subprocess.run([*EDGEKIT, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, *expected: str) -> str:
+    assert proc.returncode != 0, f"bad input accepted\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), f"stderr is not one Error: line:\n{proc.stderr}"
+    for text in expected:
+        assert text in lines[0]
+    return lines[0]
+
+
+DHSA_FLAGS = ["--block-size", 16, "--chunk-size", 8, "--budget-tokens", 64, "--sink-tokens", 8,
+              "--local-tokens", 16]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def exported(workdir):
+    """Two tiny models written by `edgekit export`: dense and DHSA (fixed chunks, sparse at 100 tokens)."""
+    dense = edgekit("export", "llama-tiny", "-o", workdir / "dense.onnx", "--check-tokens", 16)
+    dhsa = edgekit("export", "llama-tiny", "-o", workdir / "dhsa.onnx", "--method", "dhsa", *DHSA_FLAGS,
+                   "--fixed-chunks", "--check-tokens", 100)
+    return {"dense": (dense, workdir / "dense.onnx"), "dhsa": (dhsa, workdir / "dhsa.onnx")}
+
+
+@pytest.fixture(scope="module")
+def profiled(exported, workdir):
+    paths = [exported["dense"][1], exported["dhsa"][1]]
+    proc = edgekit("profile", *paths, "--seq-lens", "32,64", "--repeat", 1, "--json", workdir / "profile.json",
+                   "--plot", workdir / "profile.png")
+    return proc, paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# listing commands
+
+
+def test_ops_lists_every_op_and_attribute():
+    proc = edgekit("ops")
+    assert_ok(proc)
+    for op in all_ops():
+        assert f"edgekit.{op.name}" in proc.stdout
+        for attribute in op.attributes:
+            assert attribute.name in proc.stdout
+
+
+def test_models_lists_families_and_presets():
+    proc = edgekit("models")
+    assert_ok(proc)
+    for family in families():
+        assert family.__name__ in proc.stdout
+        assert all(name in proc.stdout for name in family.presets)
+        assert all(arch in proc.stdout for arch in family.architectures)
+
+
+def test_providers_lists_profiles_with_availability():
+    proc = edgekit("providers")
+    assert_ok(proc)
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert {"cpu", "cpu-lowmem", "cuda"} <= set(rows)
+    assert "CPUExecutionProvider" in rows["cpu"] and "available" in rows["cpu"]
+    assert "not in this onnxruntime build" in rows["cuda"]  # the CPU-only wheel
+
+
+# ---------------------------------------------------------------------------------------------------
+# export, profile, report
+
+
+@pytest.mark.parametrize("method", ["dense", "dhsa"])
+def test_export(exported, method):
+    proc, path = exported[method]
+    assert_ok(proc)
+    assert path.is_file() and f"wrote {path}" in proc.stdout and "check: max |ONNX Runtime - PyTorch|" in proc.stdout
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["edgekit.method"] == method
+    if method == "dhsa":
+        options = json.loads(props["edgekit.options"])
+        assert options["adaptive_chunks"] == 0 and options["budget_tokens"] == 64
+        assert "budget_tokens=64" in proc.stdout
+
+
+def test_profile_prints_table_and_writes_json_and_png(profiled, workdir):
+    proc, paths = profiled
+    assert_ok(proc)
+    for path in paths:
+        assert path.name in proc.stdout
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 4  # header + 2 models x 2 lengths
+    png = (workdir / "profile.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 1000
+
+
+def test_profile_json_schema(profiled, workdir):
+    _, paths = profiled
+    data = json.loads((workdir / "profile.json").read_text())
+    results = data["results"]
+    assert [(r["model"], r["seq_len"]) for r in results] == [(str(p), n) for p in paths for n in (32, 64)]
+    for r in results:
+        assert r["status"] == "ok", r
+        assert r["method"] == ("dense" if r["model"] == str(paths[0]) else "dhsa")
+        assert set(r["latency_ms"]) >= {"median", "p90"}
+        assert 0 < r["latency_ms"]["median"] <= r["latency_ms"]["p90"] + 1e-9
+        assert isinstance(r["peak_rss_mb"], float)
+        assert r["speedup_vs_baseline"] > 0 and r["memory_ratio_vs_baseline"] is not None
+        if r["model"] == str(paths[0]):
+            assert r["speedup_vs_baseline"] == pytest.approx(1.0)
+    env = data["environment"]
+    assert {"cpu", "logical_cores", "memory_gb", "python", "platform", "versions", "execution_provider"} <= set(env)
+    assert env["execution_provider"]["profile"] == "cpu"
+    assert env["versions"]["onnxruntime"] == __import__("onnxruntime").__version__
+    assert data["settings"]["baseline"] == str(paths[0])
+
+
+def test_report_renders_saved_json(profiled, workdir):
+    proc = edgekit("report", workdir / "profile.json", "--plot", workdir / "report.png")
+    assert_ok(proc)
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 4 and all("| ok |" in line for line in table[1:])
+    assert proc.stdout.strip() == profiled[0].stdout.strip()  # same table as `profile` printed
+    assert (workdir / "report.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_profile_records_oom_and_continues(exported, workdir):
+    proc = edgekit("profile", exported["dense"][1], "--seq-lens", "32,64", "--repeat", 1,
+                   "--memory-limit-mb", 1, "--json", workdir / "oom.json")
+    assert_ok(proc)
+    results = json.loads((workdir / "oom.json").read_text())["results"]
+    assert [(r["seq_len"], r["status"]) for r in results] == [(32, "oom"), (64, "oom")]
+    assert all(r["speedup_vs_baseline"] is None for r in results)
+    assert "| oom |" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------
+# bad input: exit code != 0, one `Error:` line, no traceback, no output file
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(workdir):
+    from transformers import GPT2Config
+
+    (workdir / "corrupt.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    (workdir / "not-json.txt").write_text("median: fast\n")
+    GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, architectures=["GPT2LMHeadModel"]) \
+        .save_pretrained(workdir / "gpt2-folder")
+    return workdir
+
+
+OUT = "out/result"  # every failing command is pointed at files under out/: nothing may appear there
+BAD_COMMANDS = {
+    "export_unknown_model": (["export", "llama-huge", "-o", f"{OUT}.onnx"], ["unknown model 'llama-huge'"]),
+    "export_missing_folder": (["export", "no/such/folder", "-o", f"{OUT}.onnx"], ["no/such/folder"]),
+    "export_unknown_architecture": (["export", "{w}/gpt2-folder", "-o", f"{OUT}.onnx"],
+                                    ["GPT2LMHeadModel", "LlamaForCausalLM"]),
+    "export_budget0": (["export", "llama-tiny", "-o", f"{OUT}.onnx", "--method", "dhsa", "--budget-tokens", "0"],
+                       ["budget_tokens"]),
+    "export_block0": (["export", "llama-tiny", "-o", f"{OUT}.onnx", "--method", "dhsa", "--block-size", "0"],
+                      ["block_size"]),
+    "profile_missing_file": (["profile", "{w}/missing.onnx", "--seq-lens", "32", "--json", f"{OUT}.json"],
+                             ["missing.onnx"]),
+    "profile_corrupt_onnx": (["profile", "{w}/corrupt.onnx", "--seq-lens", "32", "--json", f"{OUT}.json",
+                              "--plot", f"{OUT}.png"], ["corrupt.onnx"]),
+    "profile_unknown_ep": (["profile", "{w}/dense.onnx", "--seq-lens", "32", "--ep", "tpu", "--json",
+                            f"{OUT}.json"], ["tpu", "cpu"]),
+    "profile_cuda_unavailable": (["profile", "{w}/dense.onnx", "--seq-lens", "32", "--ep", "cuda", "--json",
+                                  f"{OUT}.json"], ["CUDAExecutionProvider", "not available"]),
+    "profile_seq_len_zero": (["profile", "{w}/dense.onnx", "--seq-lens", "0", "--json", f"{OUT}.json"],
+                             ["--seq-lens"]),
+    "profile_seq_len_text": (["profile", "{w}/dense.onnx", "--seq-lens", "abc", "--json", f"{OUT}.json"],
+                             ["--seq-lens", "abc"]),
+    "report_not_json": (["report", "{w}/not-json.txt", "--plot", f"{OUT}.png"], ["not-json.txt"]),
+}
+
+
+@pytest.mark.parametrize("name", BAD_COMMANDS)
+def test_bad_input_is_one_error_line(name, bad_inputs, exported, tmp_path):
+    args, expected = BAD_COMMANDS[name]
+    proc = edgekit(*[a.format(w=bad_inputs) for a in args], cwd=tmp_path)
+    assert_one_error_line(proc, *expected)
+    out = tmp_path / "out"
+    assert not out.exists() or not list(out.iterdir()), f"files written: {list(out.iterdir())}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the Session API
+
+
+@pytest.fixture(scope="module")
+def session(exported):
+    return Session(exported["dense"][1], ep="cpu")
+
+
+def test_session_runs(session):
+    out = session.run({"input_ids": np.arange(12, dtype=np.int64)[None]})
+    assert out["logits"].shape == (1, 512) and np.isfinite(out["logits"]).all()
+    assert session.input_names == ["input_ids"] and session.output_names[0] == "logits"
+
+
+@pytest.mark.parametrize("feeds, named", [
+    ({}, "input_ids"),
+    ({"ids": np.zeros((1, 4), np.int64)}, "input_ids"),
+    ({"input_ids": np.zeros((1, 4), np.float32)}, "rejected"),
+    ({"input_ids": np.zeros((4,), np.int64)}, "rejected"),
+], ids=["missing", "misnamed", "wrong_dtype", "wrong_rank"])
+def test_session_bad_inputs_raise_shape_error(session, feeds, named):
+    with pytest.raises(ShapeError, match=named):
+        session.run(feeds)
+
+
+def test_session_load_errors(exported, bad_inputs):
+    with pytest.raises(ModelLoadError, match="not found"):
+        Session(bad_inputs / "missing.onnx")
+    with pytest.raises(ModelLoadError, match="corrupt.onnx"):
+        Session(bad_inputs / "corrupt.onnx")
+    with pytest.raises(ExecutionProviderError, match="unknown execution-provider profile 'tpu'"):
+        Session(exported["dense"][1], ep="tpu")
+    with pytest.raises(ExecutionProviderError, match="CUDAExecutionProvider"):
+        Session(exported["dense"][1], ep="cuda")

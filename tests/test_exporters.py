@@ -1,0 +1,270 @@
+"""Exporter tests, parametrised from the family registry: every family's "-tiny" presets, dense and DHSA.
+
+Each export (~5-10 s) happens once per module and is shared by the tests that inspect it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edgekit.export as export_module
+from edgekit.errors import (EdgekitError, ExportParityError, InvalidAttributeError, ModelLoadError,
+                            UnsupportedModelError)
+from edgekit.export import export
+from edgekit.exporters import families, presets
+from edgekit.runtime_ops import DOMAIN, DOMAIN_VERSION
+from edgekit.session import Session
+
+# small DHSA options so that check_tokens=150 runs the sparse path (budget 64 < 150 tokens)
+DHSA_OPTIONS = dict(block_size=16, chunk_size=8, budget_tokens=64, sink_tokens=8, local_tokens=16)
+METHOD_OPTIONS = {"dense": {}, "dhsa": DHSA_OPTIONS}
+CHECK_TOKENS = 150
+
+TINY = [(family, name) for family in families() for name in family.presets if name.endswith("-tiny")]
+ROWS = [pytest.param(family, name, method, id=f"{name}-{method}") for family, name in TINY for method in METHOD_OPTIONS]
+
+
+def test_every_family_has_a_tiny_preset():
+    assert {f for f, _ in TINY} == set(families()) and len(families()) >= 3
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(preset, method) -> (ExportResult, path); each export runs once for the module."""
+    cache = {}
+
+    def get(name: str, method: str):
+        if (name, method) not in cache:
+            path = tmp_path_factory.mktemp("export") / f"{name}-{method}.onnx"
+            result = export(name, str(path), method=method, check_tokens=CHECK_TOKENS, **METHOD_OPTIONS[method])
+            cache[name, method] = result, path
+        return cache[name, method]
+
+    return get
+
+
+def torch_logits(family, name, method, ids: torch.Tensor, logits_to_keep: int = 1) -> np.ndarray:
+    """Logits of the PyTorch prefill graph the export was made from (same seeded weights)."""
+    graph = family.prepare(family.from_preset(name), method, export_module.dhsa_options(**METHOD_OPTIONS[method])
+                           if method == "dhsa" else {}, logits_to_keep)
+    with torch.no_grad():
+        return graph(ids)[0].numpy()
+
+
+def assert_logits_close(got, expected):
+    limit = 1e-4 * max(1.0, float(np.abs(expected).max()))
+    assert got.shape == expected.shape
+    assert float(np.abs(got - expected).max()) <= limit
+
+
+@pytest.mark.parametrize("family, name, method", ROWS)
+def test_export_writes_a_checked_model(exported, family, name, method):
+    result, path = exported(name, method)
+    assert path.is_file() and result.path == str(path)
+    assert (result.model, result.method, result.check_tokens) == (name, method, CHECK_TOKENS)
+    assert result.max_abs_error <= result.tolerance
+    assert result.options == ({**DHSA_OPTIONS, "adaptive_chunks": 1, "length_scaled": 1} if method == "dhsa" else {})
+    assert not [p for p in path.parent.iterdir() if p != path], "export left extra files beside the output"
+
+
+@pytest.mark.parametrize("family, name, method", ROWS)
+def test_written_file_matches_pytorch_at_two_lengths(exported, family, name, method):
+    _, path = exported(name, method)
+    session = Session(path, ep="cpu")
+    vocab = family.presets[name]["vocab_size"]
+    for length in (23, 170):  # below and above the DHSA budget; 170 is past Gemma2's window too
+        ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(length))
+        outputs = session.run({"input_ids": ids.numpy()})
+        assert_logits_close(outputs["logits"], torch_logits(family, name, method, ids))
+        assert outputs["present.0.key"].shape[-1] == outputs["present.0.value"].shape[-1]
+
+
+@pytest.mark.parametrize("family, name, method", ROWS)
+def test_graph_structure(exported, family, name, method):
+    _, path = exported(name, method)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    layers = family.presets[name]["num_hidden_layers"]
+    nodes = [(n.domain, n.op_type) for n in model.graph.node]
+    imports = {o.domain: o.version for o in model.opset_import}
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["edgekit.model"] == name and props["edgekit.method"] == method
+    if method == "dhsa":
+        assert nodes.count((DOMAIN, "DHSAAttention")) == layers
+        assert ("", "Attention") not in nodes
+        assert [(f.domain, f.name) for f in model.functions] == [(DOMAIN, "DHSAAttention")]
+        assert imports[DOMAIN] == DOMAIN_VERSION
+        node = next(n for n in model.graph.node if n.op_type == "DHSAAttention")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert {k: attrs[k] for k in DHSA_OPTIONS} == DHSA_OPTIONS
+        assert json.loads(props["edgekit.options"])["budget_tokens"] == 64
+    else:
+        assert nodes.count(("", "Attention")) == layers
+        assert not [n for n in nodes if n[0] == DOMAIN] and not model.functions
+        assert DOMAIN not in imports
+
+
+def test_gemma2_passes_window_and_softcap_to_dhsa(exported):
+    name = next((n for _, n in TINY if n.startswith("gemma2")), None)
+    assert name, "the Gemma2 family lost its tiny preset"
+    model = onnx.load(exported(name, "dhsa")[1])
+    config = presets()[name][1]
+    windows, softcaps = set(), set()
+    for node in model.graph.node:
+        if node.op_type == "DHSAAttention":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            windows.add(attrs["sliding_window"])
+            softcaps.add(round(attrs["softcap"], 4))
+    assert config["sliding_window"] in windows  # the sliding layers
+    assert softcaps == {config["attn_logit_softcapping"]}
+
+
+def test_export_from_hugging_face_folder(tmp_path):
+    family, _ = presets()["llama-tiny"]
+    model = family.from_preset("llama-tiny", seed=1)  # not the preset's seed-0 weights
+    model.save_pretrained(tmp_path / "my-llama")
+    out = tmp_path / "out" / "folder.onnx"
+    result = export(str(tmp_path / "my-llama"), str(out), check_tokens=16)
+    assert result.model == "my-llama" and out.is_file()
+    ids = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(0))
+    graph = family.prepare(model, "dense", {})
+    with torch.no_grad():
+        expected = graph(ids)[0].numpy()
+    assert_logits_close(Session(out).run({"input_ids": ids.numpy()})["logits"], expected)
+
+
+def test_logits_to_keep(tmp_path):
+    family, _ = presets()["llama-tiny"]
+    out = tmp_path / "keep4.onnx"
+    export("llama-tiny", str(out), check_tokens=16, logits_to_keep=4)
+    ids = torch.randint(0, 512, (1, 30), generator=torch.Generator().manual_seed(0))
+    logits = Session(out).run({"input_ids": ids.numpy()})["logits"]
+    assert logits.shape == (1, 4, 512)
+    assert_logits_close(logits, torch_logits(family, "llama-tiny", "dense", ids, logits_to_keep=4))
+
+
+# ---------------------------------------------------------------------------------------------------
+# errors: typed, helpful, and no output file left behind
+
+
+def _assert_nothing_written(directory: Path):
+    assert not directory.exists() or not list(directory.iterdir()), f"left {list(directory.iterdir())}"
+
+
+@pytest.fixture
+def gpt2_folder(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32,
+                                       bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(tmp_path / "gpt2-tiny")
+    return tmp_path / "gpt2-tiny"
+
+
+def test_unknown_preset(tmp_path):
+    with pytest.raises(ModelLoadError, match="unknown model 'llama-huge'") as info:
+        export("llama-huge", str(tmp_path / "out" / "m.onnx"))
+    assert "llama-tiny" in str(info.value)  # lists what exists
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ModelLoadError, match="config.json"):
+        export(str(tmp_path / "weights"), str(tmp_path / "out" / "m.onnx"))
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_unsupported_architecture(gpt2_folder, tmp_path):
+    with pytest.raises(UnsupportedModelError) as info:
+        export(str(gpt2_folder), str(tmp_path / "out" / "m.onnx"))
+    message = str(info.value)
+    assert "GPT2LMHeadModel" in message
+    for family in families():
+        for architecture in family.architectures:
+            assert architecture in message
+    assert "exporters/" in message  # says what to do next
+    _assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("options, error, named", [
+    (dict(budget_tokens=0), InvalidAttributeError, "budget_tokens"),
+    (dict(block_size=0), InvalidAttributeError, "block_size"),
+    (dict(budget_tokens=100, sink_tokens=64, local_tokens=64), InvalidAttributeError, "budget_tokens"),
+    (dict(chunk_size=2.5), InvalidAttributeError, "chunk_size"),
+    (dict(softcap=1.0), EdgekitError, "softcap"),  # set by the model, not the user
+    (dict(bogus=1), EdgekitError, "bogus"),
+], ids=["budget0", "block0", "budget_lt_forced", "float_chunk", "model_owned_softcap", "unknown"])
+def test_impossible_dhsa_options_fail_before_loading(monkeypatch, tmp_path, options, error, named):
+    def no_loading(spec):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(export_module.sources, "load", no_loading)
+    with pytest.raises(error, match=named):
+        export("llama-tiny", str(tmp_path / "out" / "m.onnx"), method="dhsa", **options)
+    _assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    (dict(method="flash"), "flash"),
+    (dict(method="dense", budget_tokens=64), "budget_tokens"),
+    (dict(logits_to_keep=0), "logits_to_keep"),
+    (dict(check_tokens=2, logits_to_keep=4), "logits_to_keep"),
+], ids=["unknown_method", "dense_with_options", "keep0", "keep_gt_check"])
+def test_bad_export_arguments(monkeypatch, tmp_path, kwargs, named):
+    monkeypatch.setattr(export_module.sources, "load", lambda spec: pytest.fail("loaded the model"))
+    with pytest.raises(EdgekitError, match=named):
+        export("llama-tiny", str(tmp_path / "out" / "m.onnx"), **kwargs)
+    _assert_nothing_written(tmp_path / "out")
+
+
+@pytest.fixture
+def fast_export(monkeypatch, exported):
+    """Real export() with the slow torch.onnx step replaced by the file the module already exported."""
+    family, _ = presets()["llama-tiny"]
+    _, path = exported("llama-tiny", "dense")
+    monkeypatch.setattr(family, "to_onnx", classmethod(lambda cls, *args, **kwargs: onnx.load(str(path))))
+    return export
+
+
+def test_parity_failure_writes_nothing(fast_export, tmp_path):
+    with pytest.raises(ExportParityError) as info:
+        fast_export("llama-tiny", str(tmp_path / "out" / "m.onnx"), check_tokens=8, tolerance=1e-12)
+    assert info.value.output == "logits" and info.value.max_abs_error > info.value.tolerance
+    assert "tolerance" in str(info.value)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_parity_check_catches_a_wrong_graph(fast_export, monkeypatch, tmp_path):
+    """A graph whose weights differ from PyTorch's must fail the check, whatever the tolerance slack."""
+    family, _ = presets()["llama-tiny"]
+    monkeypatch.setattr(export_module.sources, "load",
+                        lambda spec: (family, family.from_preset(spec, seed=1), spec))
+    with pytest.raises(ExportParityError):
+        fast_export("llama-tiny", str(tmp_path / "out" / "m.onnx"), check_tokens=8)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_failed_write_leaves_no_partial_or_temp_file(fast_export, monkeypatch, tmp_path):
+    def broken_save(proto, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_module.onnx, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        fast_export("llama-tiny", str(tmp_path / "out" / "m.onnx"), check_tokens=8)
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_fast_export_writes_the_file(fast_export, tmp_path):
+    """The control for the two tests above: the same path succeeds when nothing is broken."""
+    result = fast_export("llama-tiny", str(tmp_path / "out" / "m.onnx"), check_tokens=8)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["m.onnx"]
+    assert result.max_abs_error <= result.tolerance
