@@ -81,10 +81,11 @@ def profile(
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
 ):
     """Prefill latency and peak memory, side by side, with ratios to the first model."""
-    from edgekit import report
+    from edgekit.profiling import check_request
     from edgekit.profiling import profile as run_profile
 
     lengths = _seq_lens(seq_lens)
+    check_request(models, lengths, repeat, warmup, ep)  # bad input fails before the progress bar shows
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task("profiling", total=len(models) * len(lengths))
@@ -206,6 +207,42 @@ def gguf_cmd(
         path = write_gguf(hf_model, output, name=name)
     size_mb = path.stat().st_size / 1e6
     typer.echo(f"wrote {path} ({size_mb:.1f} MB): {name}, f32, for llama.cpp (profile it beside the ONNX export)")
+
+
+@app.command("passkey")
+def passkey_cmd(
+    models: List[str] = typer.Argument(..., help="ONNX files exported with --logits-to-keep 8 (SmolLM2 tokenizer)"),
+    lengths: str = typer.Option("2048,4096,8192", help="comma-separated prompt lengths in tokens"),
+    depths: str = typer.Option("0.1,0.5,0.9", help="comma-separated needle depths (0 = start, 1 = end)"),
+    trials: int = typer.Option(1, help="prompts (random keys) per length and depth"),
+    seed: int = typer.Option(0, help="seed of the random keys"),
+    ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
+):
+    """Passkey retrieval: is a 5-digit key hidden in filler text found at each length (greedy, teacher-forced)?"""
+    from edgekit.passkey import markdown, passkey
+    from edgekit.report import write_json
+
+    sizes = _passkey_values(lengths, int, "--lengths")
+    fractions = _passkey_values(depths, float, "--depths")
+    total = len(models) * len(sizes) * len(fractions) * trials
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("passkey", total=total)
+        results = passkey(models, sizes, fractions, trials=trials, seed=seed, ep=ep,
+                          on_step=lambda label, done: bar.update(task, description=label, completed=done))
+        bar.update(task, completed=total, description="done")
+    if json_out:
+        write_json(results, str(json_out))
+        err.print(f"results: {json_out}")
+    typer.echo(markdown(results))
+
+
+def _passkey_values(text: str, kind: type, flag: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EdgekitError(f"{flag} wants comma-separated {kind.__name__}s, got '{text}'") from None
 
 
 def _fail(line: str) -> None:

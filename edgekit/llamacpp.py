@@ -196,9 +196,9 @@ def _add_placeholder_vocab(writer, vocab_size: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 MIN_CONTEXT = 256  # llama.cpp pads n_ctx to a multiple of 256 anyway
-# llama.cpp's own defaults. n_batch: tokens per llama_decode call. n_ubatch: tokens per compute graph;
-# 512 beat 1024 by 10-15% at 1024 tokens (1 thread, llama-demo): each micro-batch attends only to the
-# keys before it, and the graph's buffers stay small.
+# llama.cpp's own defaults. n_batch: tokens per llama_decode call; n_ubatch: tokens per compute graph.
+# A micro-batch attends only to the keys before it, so smaller ones skip masked work and keep buffers
+# small: at 1024 tokens (llama-demo, 1 thread) 512 was ~10% faster than 1024. Re-measure on a quiet machine.
 MAX_BATCH = 2048
 MAX_UBATCH = 512
 

@@ -21,7 +21,8 @@ from edgekit.errors import EdgekitError
 
 Progress = Callable[[str, int], None]  # (what runs now, how many are done)
 
-# Rows of logits a model must emit: " 12345" is 6 SmolLM2 tokens (a space, then one per digit).
+# Rows of logits a model must emit: " 12345" is 6 SmolLM2 tokens (a space, then one per digit); the
+# space joins the prompt, so 5 rows are scored. 8 leaves room for tokenizers that split differently.
 LOGITS_TO_KEEP = 8
 DEFAULT_TOKENIZER = "smollm2-135m"
 
@@ -31,7 +32,9 @@ INTRO = ("A pass key is hidden somewhere in the long text below. Find it and rem
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = "What is the pass key?"
 ANSWER_PREFIX = "The pass key is"
-USE_CHAT_TEMPLATE = True  # the instruct model answers from its assistant turn
+# Plain text, not the chat template: it also suits base models, and dense SmolLM2-135M-Instruct finds
+# 9/9 keys at 1.5K tokens with it (in the assistant turn it often began "The pass key is a ...").
+USE_CHAT_TEMPLATE = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +95,26 @@ def _filler_sentences(tokenizer, budget: int) -> list[list[int]]:
     return sentences
 
 
+def _split_space(tokenizer, ids: list[int]) -> tuple[list[int], list[int]]:
+    """Leading whitespace-only tokens (SmolLM2's " " before digits) join the prompt, not the answer.
+
+    Otherwise the first scored token is a choice of phrasing (" the", " a" or " " after "The pass key
+    is"), not of retrieval: dense SmolLM2 sometimes says "is the 60494" and would score as not found.
+    """
+    n = 0
+    while n < len(ids) - 1 and not tokenizer.decode(ids[: n + 1]).strip():
+        n += 1
+    return ids[:n], ids[n:]
+
+
 def build_prompt(tokenizer, length: int, depth: float, key: str) -> PasskeyPrompt:
     """A prompt whose model input is at most `length` tokens (short by less than one filler sentence)."""
     head, tail = _frame(tokenizer)
     start = _encode(tokenizer, head + INTRO)
     needle = _encode(tokenizer, " " + NEEDLE.format(key=key))
     end = _encode(tokenizer, " " + QUESTION + tail)
-    answer = _encode(tokenizer, " " + key)
+    space, answer = _split_space(tokenizer, _encode(tokenizer, " " + key))
+    end += space
     budget = length - len(start) - len(needle) - len(end) - (len(answer) - 1)
     sentences = _filler_sentences(tokenizer, budget)
     if not sentences:

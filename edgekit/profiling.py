@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import psutil
 
-from edgekit.errors import ProfileError
+from edgekit.errors import ModelLoadError, ProfileError
 from edgekit.session import load_profile
 
 Progress = Callable[[str, int], None]  # (what runs now, how many are done)
@@ -26,16 +26,15 @@ def profile(models: Sequence[str], seq_lens: Sequence[int], repeat: int = 3, war
 
     A length that runs out of memory, fails or times out is recorded with its status; the sweep goes on.
     """
-    models = [_model_file(m) for m in models]
-    _check_request(models, seq_lens, repeat, warmup)
-    load_profile(ep).providers()  # unknown or unavailable provider: fail before the sweep starts
+    models = check_request(models, seq_lens, repeat, warmup, ep)
     results = []
-    for model in models:
-        for seq_len in seq_lens:
+    for seq_len in seq_lens:  # length-major: models at one length run close together in time
+        for model in models:
             if on_step:
                 on_step(f"{Path(model).name} @ {seq_len}", len(results))
             results.append(_measure_in_subprocess(model, seq_len, repeat, warmup, ep, threads, timeout_s,
                                                   memory_limit_mb))
+    results.sort(key=lambda r: models.index(r["model"]))  # stable: grouped by model, lengths in order
     add_ratios(results, baseline=models[0])
     return {"results": results, "environment": environment(ep, threads),
             "settings": {"repeat": repeat, "warmup": warmup, "seq_lens": list(seq_lens),
@@ -50,16 +49,37 @@ def _model_file(model: str) -> str:
     return str(packaged_path(model)) if model in PACKAGED and not Path(model).exists() else model
 
 
+def check_request(models, seq_lens, repeat, warmup, ep: str = "cpu") -> list[str]:
+    """Validate a profile request before any work starts; returns the model files to run."""
+    models = [_model_file(m) for m in models]
+    _check_request(models, seq_lens, repeat, warmup)
+    load_profile(ep).providers()  # unknown or unavailable provider
+    return models
+
+
 def _check_request(models, seq_lens, repeat, warmup) -> None:
     if not models:
         raise ProfileError("no models to profile")
     for model in models:
         if not Path(model).is_file():
             raise ProfileError(f"model file not found: {model}")
+        if Path(model).suffix == ".onnx":
+            _check_onnx_file(model)
     if not seq_lens or any(n < 1 for n in seq_lens):
         raise ProfileError(f"sequence lengths must be positive integers, got {list(seq_lens)}")
     if repeat < 1 or warmup < 0:
         raise ProfileError("need repeat >= 1 and warmup >= 0")
+
+
+def _check_onnx_file(path: str) -> None:
+    """A file that is no ONNX model fails the request, not every length of the sweep one by one."""
+    import onnx
+
+    try:
+        onnx.load(path, load_external_data=False)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelLoadError(f"{path} is not a readable ONNX model: {first}") from None
 
 
 def _measure_in_subprocess(model, seq_len, repeat, warmup, ep, threads, timeout_s, memory_limit_mb) -> dict:

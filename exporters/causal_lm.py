@@ -40,9 +40,25 @@ def dense_attention(module, query, key, value, attention_mask, scaling=None, dro
                     softcap=None, sliding_window=None, **kwargs):
     """ONNX `Attention` (causal, GQA, optional window and softcap). Returns (B, S, Hq, D)."""
     mask = _window_mask(query.shape[2], sliding_window) if sliding_window else None
+    if softcap and not torch.onnx.is_in_onnx_export():
+        return _softcapped_attention(query, key, value, mask, scaling, softcap).transpose(1, 2).contiguous(), None
     out, *_ = torch.onnx.ops.attention(query, key, value, attn_mask=mask, is_causal=mask is None,
                                        scale=scaling, softcap=float(softcap or 0.0))
     return out.transpose(1, 2).contiguous(), None
+
+
+def _softcapped_attention(query, key, value, mask, scaling, softcap) -> torch.Tensor:
+    """Eager twin of ONNX `Attention` with softcap: cap the scores, then mask (as ONNX Runtime and Gemma2 do).
+
+    torch's eager `torch.onnx.ops.attention` masks first, so tanh turns a masked -inf into -softcap and
+    masked keys leak into the softmax. Returns (B, Hq, S, D).
+    """
+    group = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    scores = query @ key.transpose(-1, -2) * (scaling or query.shape[-1] ** -0.5)  # (B, Hq, S, S)
+    scores = softcap * torch.tanh(scores / softcap)
+    allowed = mask if mask is not None else _window_mask(query.shape[2], query.shape[2])  # causal
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ value
 
 
 def dhsa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,

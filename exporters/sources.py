@@ -86,9 +86,12 @@ def gguf_architecture(path: Path) -> str:
 def _load_gguf(path: Path, name: str):
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
     arch = gguf_architecture(path)
     family = family_for(GGUF_ARCHITECTURES.get(arch, arch))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.disable_progress_bar()  # the CLI shows its own status; keep stderr readable
     try:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
     except Exception as exc:

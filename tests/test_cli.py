@@ -141,7 +141,7 @@ def test_profile_json_schema(profiled, workdir):
         assert r["method"] == ("dense" if r["model"] == str(paths[0]) else "dhsa")
         assert set(r["latency_ms"]) >= {"median", "p90"}
         assert 0 < r["latency_ms"]["median"] <= r["latency_ms"]["p90"] + 1e-9
-        assert isinstance(r["peak_rss_mb"], float)
+        assert r["peak_rss_mb"] > 0
         assert r["speedup_vs_baseline"] > 0 and r["memory_ratio_vs_baseline"] is not None
         if r["model"] == str(paths[0]):
             assert r["speedup_vs_baseline"] == pytest.approx(1.0)
@@ -181,8 +181,8 @@ def bad_inputs(workdir):
 
     (workdir / "corrupt.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
     (workdir / "not-json.txt").write_text("median: fast\n")
-    GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, architectures=["GPT2LMHeadModel"]) \
-        .save_pretrained(workdir / "gpt2-folder")
+    GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0,
+               architectures=["GPT2LMHeadModel"]).save_pretrained(workdir / "gpt2-folder")
     return workdir
 
 
@@ -190,6 +190,8 @@ OUT = "out/result"  # every failing command is pointed at files under out/: noth
 BAD_COMMANDS = {
     "export_unknown_model": (["export", "llama-huge", "-o", f"{OUT}.onnx"], ["unknown model 'llama-huge'"]),
     "export_missing_folder": (["export", "no/such/folder", "-o", f"{OUT}.onnx"], ["no/such/folder"]),
+    "export_dense_with_dhsa_option": (["export", "llama-tiny", "-o", f"{OUT}.onnx", "--budget-tokens", "64"],
+                                      ["--method dhsa"]),
     "export_unknown_architecture": (["export", "{w}/gpt2-folder", "-o", f"{OUT}.onnx"],
                                     ["GPT2LMHeadModel", "LlamaForCausalLM"]),
     "export_budget0": (["export", "llama-tiny", "-o", f"{OUT}.onnx", "--method", "dhsa", "--budget-tokens", "0"],
@@ -212,13 +214,43 @@ BAD_COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("name", BAD_COMMANDS)
-def test_bad_input_is_one_error_line(name, bad_inputs, exported, tmp_path):
-    args, expected = BAD_COMMANDS[name]
+BAD_ROWS = [pytest.param(*row, id=name) for name, row in BAD_COMMANDS.items()]
+# Every row runs in-process through `edgekit.cli.main` (what the console script calls: cheap); a few rows,
+# each command at least once, also run as a real process: the console script and the process's own streams.
+IN_A_PROCESS = ["export_unknown_architecture", "profile_seq_len_text", "profile_corrupt_onnx", "report_not_json"]
+
+
+def _check_nothing_written(cwd: Path) -> None:
+    out = cwd / "out"
+    assert not out.exists() or not list(out.iterdir()), f"files written: {list(out.iterdir())}"
+
+
+def run_main(monkeypatch, capfd, args, cwd) -> subprocess.CompletedProcess:
+    """`edgekit.cli.main()` in this process, with its exit code and both streams."""
+    from edgekit.cli import main
+
+    monkeypatch.delenv("EDGEKIT_DEBUG", raising=False)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["edgekit", *map(str, args)])
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main()
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(args, info.value.code, out, err)
+
+
+@pytest.mark.parametrize("args, expected", BAD_ROWS)
+def test_bad_input_is_one_error_line(args, expected, bad_inputs, exported, tmp_path, monkeypatch, capfd):
+    proc = run_main(monkeypatch, capfd, [a.format(w=bad_inputs) for a in args], tmp_path)
+    assert_one_error_line(proc, *expected)
+    _check_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("args, expected", [row for row in BAD_ROWS if row.id in IN_A_PROCESS])
+def test_bad_input_console_script(args, expected, bad_inputs, exported, tmp_path):
     proc = edgekit(*[a.format(w=bad_inputs) for a in args], cwd=tmp_path)
     assert_one_error_line(proc, *expected)
-    out = tmp_path / "out"
-    assert not out.exists() or not list(out.iterdir()), f"files written: {list(out.iterdir())}"
+    _check_nothing_written(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ SELECTION_CASES = {
     "no_sink_no_local": dict(SMALL, sink_tokens=0, local_tokens=0, budget_tokens=24),
     "fixed_plain": dict(SMALL, adaptive_chunks=0, length_scaled=0),
     "window_softcap": dict(SMALL, sliding_window=40, softcap=3.0),
+    "window_lt_block": dict(SMALL, sliding_window=10),
 }
 
 

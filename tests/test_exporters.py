@@ -110,6 +110,28 @@ def test_graph_structure(exported, family, name, method):
         assert DOMAIN not in imports
 
 
+# Config values that make a feature matter with tiny random weights (a softcap of 50 barely bends logits of ~1).
+STRESS = {"attn_logit_softcapping": 1.0, "sliding_window": 16}
+
+
+@pytest.mark.parametrize("family, name, method", ROWS)
+def test_swapped_attention_matches_hugging_face_eager(monkeypatch, family, name, method):
+    """The attention edgekit swaps in (dense, or DHSA with budget >= S) computes what the model's own eager
+    attention computes, at every position. Export parity alone cannot show this: PyTorch and ONNX
+    Runtime would share a wrong mask or a dropped softcap."""
+    stressed = {k: v for k, v in STRESS.items() if k in family.presets[name]}
+    monkeypatch.setitem(family.presets, name, {**family.presets[name], **stressed})
+    ids = torch.randint(0, family.presets[name]["vocab_size"], (1, 60), generator=torch.Generator().manual_seed(0))
+    eager = family.from_preset(name)
+    eager.set_attn_implementation("eager")
+    options = export_module.dhsa_options(**METHOD_OPTIONS[method]) if method == "dhsa" else {}
+    graph = family.prepare(family.from_preset(name), method, options, logits_to_keep=60)
+    with torch.no_grad():
+        expected = eager(input_ids=ids).logits
+        got = graph(ids)[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
 def test_gemma2_passes_window_and_softcap_to_dhsa(exported):
     name = next((n for _, n in TINY if n.startswith("gemma2")), None)
     assert name, "the Gemma2 family lost its tiny preset"

@@ -82,6 +82,10 @@ DHSA_CASES = [
     _dhsa("window_lt_block", 1, 4, 2, 150, 16, sliding_window=10),
     _dhsa("window_softcap_scale", 1, 4, 2, 200, 16, sliding_window=48, softcap=5.0, scale=0.5),
     _dhsa("scale", 1, 4, 2, 100, 16, scale=0.3),
+    # S <= budget: every key is kept (the body's dense branch), with the same Gemma2 features
+    _dhsa("full_budget_softcap", 1, 4, 2, 60, 16, softcap=2.0),
+    _dhsa("full_budget_window_lt_block", 1, 4, 2, 60, 16, sliding_window=10),
+    _dhsa("full_budget_window_softcap_scale", 2, 6, 2, 64, 16, sliding_window=30, softcap=5.0, scale=0.5),
     # chunking and representation variants
     _dhsa("fixed_chunks", 1, 4, 2, 150, 16, adaptive_chunks=0),
     _dhsa("plain_mean", 1, 4, 2, 150, 16, length_scaled=0),
