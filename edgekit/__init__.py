@@ -12,7 +12,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {  # imported on first use: `import edgekit` stays fast and torch-free
-    "export": ("edgekit.export", "export"),
+    "export": ("edgekit.exporting", "export"),
     "Session": ("edgekit.session", "Session"),
     "profile": ("edgekit.profiling", "profile"),
     "passkey": ("edgekit.passkey", "passkey"),

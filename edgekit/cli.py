@@ -49,7 +49,7 @@ def export(
     logits_to_keep: int = typer.Option(1, help="emit logits of the last N tokens (N > 1: shape B, N, vocab)"),
 ):
     """Export a decoder LLM's prefill graph (token ids -> logits, present K/V), checked against PyTorch."""
-    from edgekit.export import export as run_export
+    from edgekit.exporting import export as run_export
 
     options = {k: v for k, v in dict(block_size=block_size, chunk_size=chunk_size, budget_tokens=budget_tokens,
                                      sink_tokens=sink_tokens, local_tokens=local_tokens).items() if v is not None}
@@ -173,7 +173,7 @@ def demo(
     budget_tokens: int = typer.Option(1024, help="DHSA keys per query block"),
 ):
     """The main job: export dense + DHSA, profile both, print the table (a few minutes on 2 cores)."""
-    from edgekit.export import export as run_export
+    from edgekit.exporting import export as run_export
     from edgekit.profiling import profile as run_profile
 
     lengths = _seq_lens(seq_lens)
@@ -220,11 +220,13 @@ def passkey_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
 ):
     """Passkey retrieval: is a 5-digit key hidden in filler text found at each length (greedy, teacher-forced)?"""
-    from edgekit.passkey import markdown, passkey
+    from edgekit.passkey import check_request, markdown, passkey
     from edgekit.report import write_json
 
     sizes = _passkey_values(lengths, int, "--lengths")
     fractions = _passkey_values(depths, float, "--depths")
+    with err.status("loading the tokenizer, checking the models"):
+        check_request(models, sizes, fractions, trials, ep)  # bad input fails before the progress bar shows
     total = len(models) * len(sizes) * len(fractions) * trials
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err) as bar:

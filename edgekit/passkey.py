@@ -148,12 +148,11 @@ def passkey(models: Sequence[str], lengths: Sequence[int], depths: Sequence[floa
     from edgekit.profiling import environment
     from edgekit.session import Session
 
-    _check_request(models, lengths, depths, trials)
+    methods = check_request(models, lengths, depths, trials, ep, tokenizer)
     tok = load_tokenizer(tokenizer)
-    infos = [_model_info(m, len(tok)) for m in models]  # bad models fail before any long run
     cases = make_cases(tok, lengths, depths, trials, seed)
     results = []
-    for model, method in zip(models, infos):
+    for model, method in zip(models, methods):
         session = Session(model, ep=ep)
         for case in cases:
             if on_step:
@@ -164,7 +163,19 @@ def passkey(models: Sequence[str], lengths: Sequence[int], depths: Sequence[floa
                          "tokenizer": tokenizer, "chat_template": USE_CHAT_TEMPLATE}}
 
 
-def _check_request(models, lengths, depths, trials) -> None:
+def check_request(models, lengths, depths, trials: int, ep: str = "cpu",
+                  tokenizer: str = DEFAULT_TOKENIZER) -> list[str]:
+    """Fail on bad input before any long run; returns each model's edgekit method."""
+    from edgekit.session import load_profile
+
+    _check_values(models, lengths, depths, trials)
+    load_profile(ep).providers()
+    tok = load_tokenizer(tokenizer)
+    build_prompt(tok, min(lengths), 0.5, "12345")  # too short for the fixed text: say so now
+    return [_model_info(m, len(tok)) for m in models]
+
+
+def _check_values(models, lengths, depths, trials) -> None:
     if not models:
         raise EdgekitError("no models to test")
     for model in models:

@@ -13,10 +13,10 @@ import onnx
 import pytest
 import torch
 
-import edgekit.export as export_module
+import edgekit.exporting as export_module
 from edgekit.errors import (EdgekitError, ExportParityError, InvalidAttributeError, ModelLoadError,
                             UnsupportedModelError)
-from edgekit.export import export
+from edgekit.exporting import export
 from edgekit.exporters import families, presets
 from edgekit.runtime_ops import DOMAIN, DOMAIN_VERSION
 from edgekit.session import Session

@@ -206,7 +206,7 @@ def test_truncated_gguf_is_a_model_load_error(tiny_gguf, tmp_path):
 
 def test_profile_runs_gguf_beside_onnx(tiny_gguf, tmp_path):
     pytest.importorskip("llama_cpp")
-    from edgekit.export import export
+    from edgekit.exporting import export
     from edgekit.profiling import profile
 
     onnx_path = str(tmp_path / "llama-tiny.onnx")
