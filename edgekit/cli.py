@@ -23,6 +23,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True)
 
 
+def _progress_bar() -> Progress:
+    """Progress for long sweeps, on stderr so stdout holds only results."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=err)
+
+
 def _seq_lens(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -69,7 +75,8 @@ def export(
 
 @app.command()
 def profile(
-    models: List[str] = typer.Argument(..., help="exported .onnx files, .gguf files or a packaged model name (llama.cpp); the first is the baseline"),
+    models: List[str] = typer.Argument(..., help="exported .onnx files, or .gguf files / a packaged model "
+                                       "name for llama.cpp; the first is the baseline"),
     seq_lens: str = typer.Option("1024,4096,8192", help="comma-separated prompt lengths"),
     repeat: int = typer.Option(3, help="timed runs per length (median and p90 reported)"),
     warmup: int = typer.Option(1, help="untimed runs first"),
@@ -86,8 +93,7 @@ def profile(
 
     lengths = _seq_lens(seq_lens)
     check_request(models, lengths, repeat, warmup, ep)  # bad input fails before the progress bar shows
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("profiling", total=len(models) * len(lengths))
         results = run_profile(models, lengths, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
                               timeout_s=timeout, memory_limit_mb=memory_limit_mb,
@@ -184,8 +190,7 @@ def demo(
             result = run_export(model, str(path), method=method, **options)
         err.print(f"exported {path} (max |ONNX - PyTorch| = {result.max_abs_error:.1e})")
         paths.append(str(path))
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("profiling", total=len(paths) * len(lengths))
         results = run_profile(paths, lengths, repeat=repeat,
                               on_step=lambda label, done: bar.update(task, description=label, completed=done))
@@ -228,8 +233,7 @@ def passkey_cmd(
     with err.status("loading the tokenizer, checking the models"):
         check_request(models, sizes, fractions, trials, ep)  # bad input fails before the progress bar shows
     total = len(models) * len(sizes) * len(fractions) * trials
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("passkey", total=total)
         results = passkey(models, sizes, fractions, trials=trials, seed=seed, ep=ep,
                           on_step=lambda label, done: bar.update(task, description=label, completed=done))

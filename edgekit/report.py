@@ -51,6 +51,7 @@ def plot(report: dict, output: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     series: dict[str, list[dict]] = {}
     for r in report["results"]:
@@ -71,6 +72,7 @@ def plot(report: dict, output: str) -> None:
                 ax_mem.annotate(failed, (x, 0), ha="center", va="bottom", rotation=90, fontsize=8)
     ax_lat.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="prefill latency, median (s)",
                title="Prefill latency")
+    ax_lat.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured lengths
     ax_lat.set_xticks(lengths, [str(n) for n in lengths])
     ax_lat.grid(True, which="both", alpha=0.3)
     ax_lat.legend(fontsize=8)
