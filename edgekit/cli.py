@@ -23,10 +23,30 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True)
 
 
-def _progress_bar() -> Progress:
-    """Progress for long sweeps, on stderr so stdout holds only results."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), console=err)
+class _StepProgress:
+    """Progress of a long sweep on stderr (stdout holds only results). The bar appears at the first step,
+    i.e. after the library has validated the request, so bad input prints nothing but its error line."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err)
+        self.task = None
+
+    def __call__(self, label: str, done: int) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task(label, total=self.total)
+        self.bar.update(self.task, description=label, completed=done)
+
+    def __enter__(self) -> "_StepProgress":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if self.task is not None:
+            if exc_type is None:
+                self.bar.update(self.task, completed=self.total, description="done")
+            self.bar.stop()
 
 
 def _seq_lens(text: str) -> list[int]:
@@ -88,17 +108,12 @@ def profile(
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
 ):
     """Prefill latency and peak memory, side by side, with ratios to the first model."""
-    from edgekit.profiling import check_request
     from edgekit.profiling import profile as run_profile
 
     lengths = _seq_lens(seq_lens)
-    check_request(models, lengths, repeat, warmup, ep)  # bad input fails before the progress bar shows
-    with _progress_bar() as bar:
-        task = bar.add_task("profiling", total=len(models) * len(lengths))
+    with _StepProgress(len(models) * len(lengths)) as step:
         results = run_profile(models, lengths, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
-                              timeout_s=timeout, memory_limit_mb=memory_limit_mb,
-                              on_step=lambda label, done: bar.update(task, description=label, completed=done))
-        bar.update(task, completed=len(models) * len(lengths), description="done")
+                              timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step)
     _emit(results, json_out, plot_out)
 
 
@@ -190,11 +205,8 @@ def demo(
             result = run_export(model, str(path), method=method, **options)
         err.print(f"exported {path} (max |ONNX - PyTorch| = {result.max_abs_error:.1e})")
         paths.append(str(path))
-    with _progress_bar() as bar:
-        task = bar.add_task("profiling", total=len(paths) * len(lengths))
-        results = run_profile(paths, lengths, repeat=repeat,
-                              on_step=lambda label, done: bar.update(task, description=label, completed=done))
-        bar.update(task, completed=len(paths) * len(lengths), description="done")
+    with _StepProgress(len(paths) * len(lengths)) as step:
+        results = run_profile(paths, lengths, repeat=repeat, on_step=step)
     _emit(results, output_dir / "profile.json", output_dir / "profile.png")
 
 
@@ -225,19 +237,13 @@ def passkey_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
 ):
     """Passkey retrieval: is a 5-digit key hidden in filler text found at each length (greedy, teacher-forced)?"""
-    from edgekit.passkey import check_request, markdown, passkey
+    from edgekit.passkey import markdown, passkey
     from edgekit.report import write_json
 
     sizes = _passkey_values(lengths, int, "--lengths")
     fractions = _passkey_values(depths, float, "--depths")
-    with err.status("loading the tokenizer, checking the models"):
-        check_request(models, sizes, fractions, trials, ep)  # bad input fails before the progress bar shows
-    total = len(models) * len(sizes) * len(fractions) * trials
-    with _progress_bar() as bar:
-        task = bar.add_task("passkey", total=total)
-        results = passkey(models, sizes, fractions, trials=trials, seed=seed, ep=ep,
-                          on_step=lambda label, done: bar.update(task, description=label, completed=done))
-        bar.update(task, completed=total, description="done")
+    with _StepProgress(len(models) * len(sizes) * len(fractions) * trials) as step:
+        results = passkey(models, sizes, fractions, trials=trials, seed=seed, ep=ep, on_step=step)
     if json_out:
         write_json(results, str(json_out))
         err.print(f"results: {json_out}")

@@ -1,6 +1,12 @@
 """Typed errors. Library code raises these; only the CLI turns them into `Error: ...` and an exit code."""
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message: what a one-line error can quote."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 class EdgekitError(Exception):
     """Base class for every error edgekit reports to users as one line."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import EdgekitError, ModelLoadError, ShapeError, UnsupportedModelError
+from edgekit.errors import EdgekitError, ModelLoadError, ShapeError, UnsupportedModelError, first_line
 from edgekit.files import atomic_output
 
 GGUF_ARCH = "llama"
@@ -275,7 +275,7 @@ def _load_llama(llama_cpp, path: str, context: int, threads: int, flash_attn: bo
                                n_threads=threads, n_threads_batch=threads, flash_attn=flash_attn,
                                use_mmap=False, verbose=False)
     except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError with one-line reasons
-        reason = _first_line(exc).replace(f": {path}", "")
+        reason = first_line(exc).replace(f": {path}", "")
         raise ModelLoadError(f"llama.cpp cannot load {path} ({reason}): is it a complete GGUF file of an "
                              "architecture this llama.cpp knows?") from None
 
@@ -292,8 +292,3 @@ def _llama_cpp_version() -> str:
         return metadata.version("llama_cpp_python")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

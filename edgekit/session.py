@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgekit.errors import ExecutionProviderError, ModelLoadError, ShapeError
+from edgekit.errors import ExecutionProviderError, ModelLoadError, ShapeError, first_line
 
 _OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -98,7 +98,7 @@ class Session:
         try:
             self._session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:
-            raise ModelLoadError(f"ONNX Runtime cannot load {_name(model)}: {_first_line(exc)}") from None
+            raise ModelLoadError(f"ONNX Runtime cannot load {_name(model)}: {first_line(exc)}") from None
 
     @property
     def input_names(self) -> list[str]:
@@ -121,7 +121,7 @@ class Session:
         try:
             values = self._session.run(names, dict(feeds))
         except Exception as exc:
-            raise ShapeError(f"ONNX Runtime rejected the inputs: {_first_line(exc)}") from None
+            raise ShapeError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
         return dict(zip(names, values))
 
 
@@ -134,8 +134,3 @@ def _checked_path(model: str | os.PathLike) -> str:
 
 def _name(model) -> str:
     return "the in-memory model" if isinstance(model, onnx.ModelProto) else str(model)
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else type(exc).__name__

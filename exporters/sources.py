@@ -9,7 +9,7 @@ import importlib.metadata
 import os
 from pathlib import Path
 
-from edgekit.errors import ModelLoadError
+from edgekit.errors import ModelLoadError, first_line
 
 from .registry import family_for, presets
 
@@ -63,12 +63,12 @@ def _load_folder(path: Path):
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as exc:  # transformers raises many types for a bad config
-        raise ModelLoadError(f"cannot read {path / 'config.json'}: {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from None
     family = family_for((config.architectures or [config.model_type])[0])
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     except Exception as exc:
-        raise ModelLoadError(f"cannot load weights from {path}: {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load weights from {path}: {first_line(exc)}") from None
     return family, model.eval(), path.name
 
 
@@ -80,7 +80,7 @@ def gguf_architecture(path: Path) -> str:
         field = GGUFReader(str(path)).fields["general.architecture"]
         return bytes(field.parts[field.data[0]]).decode()
     except Exception as exc:
-        raise ModelLoadError(f"{path} is not a readable GGUF file: {_first_line(exc)}") from None
+        raise ModelLoadError(f"{path} is not a readable GGUF file: {first_line(exc)}") from None
 
 
 def _load_gguf(path: Path, name: str):
@@ -95,13 +95,8 @@ def _load_gguf(path: Path, name: str):
     try:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
     except Exception as exc:
-        raise ModelLoadError(f"cannot load {path}: {_first_line(exc)}") from None
+        raise ModelLoadError(f"cannot load {path}: {first_line(exc)}") from None
     model.hf_quantizer = None  # weights are dequantized to fp32; keep export and saving plain
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return family, model.eval(), name
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
