@@ -17,7 +17,7 @@ from edgekit.runtime_ops import get_op
 from edgekit.runtime_ops.attach import attach_functions
 
 # DHSA attributes a user sets; the model itself supplies scale, softcap and sliding_window.
-DHSA_USER_OPTIONS = ("block_size", "chunk_size", "adaptive_chunks", "length_scaled", "budget_tokens",
+DHSA_USER_OPTIONS = ("block_size", "chunk_size", "adaptive_chunks", "length_scaled", "chunk_score", "budget_tokens",
                      "sink_tokens", "local_tokens")
 DEFAULT_TOLERANCE = 1e-3  # relative to max |logit|: fp32 ONNX vs fp32 PyTorch
 

@@ -88,7 +88,11 @@ class PrefillGraph(torch.nn.Module):
         self.logits_to_keep = logits_to_keep
 
     def forward(self, input_ids: torch.Tensor):
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=self.logits_to_keep)
+        # positions per row: rotary tables of batch 1 would pin the exported graph's batch to 1
+        batch, seq = input_ids.shape
+        positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True,
+                         logits_to_keep=self.logits_to_keep)
         present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
         logits = out.logits[:, -1, :] if self.logits_to_keep == 1 else out.logits
         return (logits, *present)
@@ -143,4 +147,23 @@ class CausalLMFamily:
                 dynamo=True,
                 verbose=False,
             )
-        return program.model_proto
+        return declare_batch(program.model_proto, model.config.num_key_value_heads)
+
+
+def declare_batch(proto, kv_heads: int):
+    """Every output's first dim is the input's batch; present K/V have `kv_heads` heads.
+
+    torch's exporter can record batch 1 in some intermediate shapes (Gemma2's scaled embedding), and ONNX
+    Runtime then warns on every batch > 1 run. The interface is declared here; the intermediate
+    `value_info` is dropped and ONNX Runtime infers it when it loads the model.
+    """
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    del proto.graph.value_info[:]
+    for output in proto.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        dims[0].Clear()
+        dims[0].dim_param = batch
+        if output.name.startswith("present."):
+            dims[1].Clear()
+            dims[1].dim_value = kv_heads
+    return proto

@@ -7,13 +7,21 @@ training-free. Per (batch, KV head):
    and in every window but the first a new chunk starts where consecutive keys are least similar
    (lowest cosine). This keeps the chunk count fixed (ceil(S / chunk_size)) while the boundaries follow
    the content. Fixed: chunks of exactly `chunk_size`.
-2. Represent each chunk by the sum of its keys divided by sqrt(length) (= mean * sqrt(length), which
-   favours longer coherent chunks); `length_scaled=0` uses the plain mean. Query blocks of
-   `block_size` tokens are represented the same way, averaged over the query heads sharing a KV head.
-3. Chunk-level similarity (query block x chunk) is upsampled to tokens: every key gets its chunk's
-   score. Each query block keeps its `budget_tokens` best causal keys, always keeping the first
-   `sink_tokens` keys and its "local" keys: its own tokens plus the `local_tokens` keys before it.
-   Ties are broken towards the lower position, so the selection is deterministic.
+2. Score every chunk for every query block of `block_size` tokens. `chunk_score=1` (default,
+   "bound"): a chunk is summarised by the per-channel max and min of its keys, which bound q.k for any
+   of its keys (sum_d max(q_d * max_d, q_d * min_d), the criterion of Quest, 2024); the block takes the
+   max of that bound over its queries and over the query heads sharing the KV head. `chunk_score=0`
+   ("mean", the paper's form): a chunk is represented by the sum of its keys divided by sqrt(length)
+   (`length_scaled=0`: plain mean), the block likewise from its queries (averaged over the group), and
+   scored by their dot product. We default to the bound because the mean loses short passages far
+   back: on SmolLM2-135M with an 8K-token passkey prompt (needle at 10% depth), in the 11 (layer, KV
+   head) pairs where dense attention puts >= 5% of the answer's attention on the needle, the needle's
+   chunk makes the last block's budget in 1 pair with the mean and in all 11 with the bound, and only
+   the bound retrieves the key.
+3. Chunk scores are upsampled to tokens: every key gets its chunk's score. Each query block keeps its
+   `budget_tokens` best causal keys, always keeping the first `sink_tokens` keys and its "local" keys:
+   its own tokens plus the `local_tokens` keys before it. Ties are broken towards the lower position,
+   so the selection is deterministic.
 4. Attention runs over the kept keys only, causal (and within `sliding_window` if set, with Gemma2's
    logit `softcap` if set). When S <= budget every key is kept: the op equals dense causal attention.
 
@@ -45,7 +53,9 @@ ATTRIBUTES = (
     Attribute("block_size", 128, "query tokens that share one key selection", minimum=1),
     Attribute("chunk_size", 64, "target key-chunk length (adaptive chunks are 1 .. 2*chunk_size-1)", minimum=1),
     Attribute("adaptive_chunks", 1, "1: boundaries where consecutive keys are least similar; 0: fixed", 0, 1),
-    Attribute("length_scaled", 1, "1: chunk representation = sum / sqrt(len); 0: plain mean", 0, 1),
+    Attribute("length_scaled", 1, "chunk_score=0: 1: representation = sum / sqrt(len); 0: plain mean", 0, 1),
+    Attribute("chunk_score", 1, "1: max over the block's queries of a bound on q.k in the chunk; 0: mean "
+              "query . chunk representation (paper)", 0, 1),
     Attribute("budget_tokens", 2048, "keys each query block attends to", minimum=1),
     Attribute("sink_tokens", 128, "first keys always kept", minimum=0),
     Attribute("local_tokens", 128, "keys right before each query block always kept", minimum=0),
@@ -96,18 +106,35 @@ def chunk_membership(starts: torch.Tensor, seq_len: int) -> torch.Tensor:
     return (pos >= starts[..., None]) & (pos < ends[..., None])
 
 
-def token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_scaled) -> torch.Tensor:
+def chunk_bounds(key: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel max and min of every chunk's keys, each (B, Hkv, C, D)."""
+    inside = member[..., None]  # (B, Hkv, C, S, 1)
+    keys = key[:, :, None]  # (B, Hkv, 1, S, D)
+    return (keys.masked_fill(~inside, float("-inf")).amax(3), keys.masked_fill(~inside, float("inf")).amin(3))
+
+
+def token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_scaled, chunk_score) -> torch.Tensor:
     """Importance of every key for every query block, (B, Hkv, n_blocks, S)."""
     B, Hq, S, D = query.shape
     Hkv = key.shape[1]
-    member = chunk_membership(chunk_starts(key, chunk_size, adaptive_chunks), S).to(query.dtype)
-    chunk_rep = (member @ key) / _norm(member.sum(-1), length_scaled)[..., None]  # (B, Hkv, C, D)
+    member = chunk_membership(chunk_starts(key, chunk_size, adaptive_chunks), S)
     n_blocks = -(-S // block_size)
     padded = torch.nn.functional.pad(query, (0, 0, 0, n_blocks * block_size - S))
-    block_sum = padded.view(B, Hkv, Hq // Hkv, n_blocks, block_size, D).sum(4).mean(2)  # (B, Hkv, NB, D)
-    block_len = (S - torch.arange(n_blocks) * block_size).clamp(max=block_size)
-    block_rep = block_sum / _norm(block_len, length_scaled)[:, None]
-    return (block_rep @ chunk_rep.transpose(-1, -2)) @ member  # (B, Hkv, NB, S)
+    blocks = padded.view(B, Hkv, Hq // Hkv, n_blocks, block_size, D)
+    if chunk_score:
+        high, low = chunk_bounds(key, member)
+        # max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low: two matmuls
+        bound = (blocks.clamp(min=0) @ high[:, :, None, None].transpose(-1, -2)
+                 + blocks.clamp(max=0) @ low[:, :, None, None].transpose(-1, -2))  # (B, Hkv, G, NB, L, C)
+        padding = (torch.arange(n_blocks * block_size) >= S).view(n_blocks, block_size, 1)
+        chunk_scores = bound.masked_fill(padding, float("-inf")).amax(dim=(2, 4))  # (B, Hkv, NB, C)
+    else:
+        member_f = member.to(query.dtype)
+        chunk_rep = (member_f @ key) / _norm(member_f.sum(-1), length_scaled)[..., None]  # (B, Hkv, C, D)
+        block_len = (S - torch.arange(n_blocks) * block_size).clamp(max=block_size)
+        block_rep = blocks.sum(4).mean(2) / _norm(block_len, length_scaled)[:, None]  # (B, Hkv, NB, D)
+        chunk_scores = block_rep @ chunk_rep.transpose(-1, -2)
+    return chunk_scores @ member.to(query.dtype)  # (B, Hkv, NB, S)
 
 
 def visible_keys(seq_len: int, block_size: int, sliding_window: int) -> torch.Tensor:
@@ -121,11 +148,11 @@ def visible_keys(seq_len: int, block_size: int, sliding_window: int) -> torch.Te
     return visible
 
 
-def select_keys(query, key, *, block_size, chunk_size, adaptive_chunks, length_scaled, budget_tokens,
+def select_keys(query, key, *, block_size, chunk_size, adaptive_chunks, length_scaled, chunk_score, budget_tokens,
                 sink_tokens, local_tokens, sliding_window, **_) -> torch.Tensor:
     """Indices of the keys each query block keeps, (B, Hkv, n_blocks, min(budget, S)); no duplicates."""
     S = query.shape[2]
-    scores = token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_scaled)
+    scores = token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_scaled, chunk_score)
     visible = visible_keys(S, block_size, sliding_window)
     pos = torch.arange(S)
     block_start = torch.arange(visible.shape[0]) * block_size
@@ -184,6 +211,7 @@ def DHSAAttention(
     chunk_size: int = 64,
     adaptive_chunks: int = 1,
     length_scaled: int = 1,
+    chunk_score: int = 1,
     budget_tokens: int = 2048,
     sink_tokens: int = 128,
     local_tokens: int = 128,
@@ -236,50 +264,64 @@ def DHSAAttention(
         ends = op.Concat(op.Slice(starts, one, op.Constant(value_ints=[2**62]), op.Constant(value_ints=[-1])),
                          op.Expand(seq, op.Concat(batch, kv_heads, one, axis=0)), axis=-1)
 
-        # 2. chunk and query-block representations
+        # 2. chunk summaries: per-channel max / min of the keys ("bound") or sum / norm ("mean")
         member = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pos,
                         pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))  # (B, Hkv, C, S)
         member_f = op.CastLike(member, query)
         scaled = op.Cast(op.Constant(value_int=length_scaled), to=BOOL.dtype)
-        chunk_len = op.CastLike(ends - starts, query)
-        chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
-        chunk_rep = op.MatMul(member_f, key) / op.Unsqueeze(chunk_norm, op.Constant(value_ints=[-1]))
+        use_bound = op.Cast(op.Constant(value_int=chunk_score), to=BOOL.dtype)
+        to_6d = op.Constant(value_ints=[2, 3])
+        if use_bound:
+            # chunk j lies inside windows j and j+1 of `chunk` keys: reduce over that pair, not over S
+            k_pad = op.Pad(key, op.Concat(zero, zero, zero, zero, zero, zero, n_chunks * chunk + chunk - seq, zero,
+                                          axis=0))
+            k_win = op.Reshape(k_pad, op.Concat(batch, kv_heads, n_chunks + one, chunk, dim, axis=0))
+            pair = op.Concat(op.Slice(k_win, zero, n_chunks, two), op.Slice(k_win, one, n_chunks + one, two),
+                             axis=3)  # (B, Hkv, C, 2 * chunk, D)
+            pair_pos = op.Unsqueeze(chunk_index * chunk, one) + op.Range(
+                op.Squeeze(zero), op.Squeeze(chunk + chunk), op.Constant(value_int=1))  # (C, 2 * chunk)
+            inside = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pair_pos,
+                            pair_pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))
+            inside = op.Unsqueeze(inside, op.Constant(value_ints=[-1]))  # (B, Hkv, C, 2 * chunk, 1)
+            high = op.ReduceMax(op.Where(inside, pair, -big), op.Constant(value_ints=[3]), keepdims=0)
+            low = op.ReduceMin(op.Where(inside, pair, big), op.Constant(value_ints=[3]), keepdims=0)
+            first = op.Unsqueeze(op.Transpose(high, perm=[0, 1, 3, 2]), to_6d)  # (B, Hkv, 1, 1, D, C)
+            second = op.Unsqueeze(op.Transpose(low, perm=[0, 1, 3, 2]), to_6d)
+        else:
+            chunk_len = op.CastLike(ends - starts, query)
+            chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
+            chunk_rep = op.MatMul(member_f, key) / op.Unsqueeze(chunk_norm, op.Constant(value_ints=[-1]))
+            first = op.Unsqueeze(op.Transpose(chunk_rep, perm=[0, 1, 3, 2]), to_6d)  # (B, Hkv, 1, 1, D, C)
+            second = op.Identity(first)
 
         padded_len = n_blocks * L
         q_pad = op.Pad(query, op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0))
         blocks6 = op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0)
         q_blocks = op.Reshape(q_pad, blocks6)  # (B, Hkv, G, NB, L, D)
-        block_sum = op.ReduceMean(op.ReduceSum(q_blocks, op.Constant(value_ints=[4]), keepdims=0),
-                                  op.Constant(value_ints=[2]), keepdims=0)  # (B, Hkv, NB, D)
         block_index = op.Range(op.Squeeze(zero), op.Squeeze(n_blocks), op.Constant(value_int=1))
         block_start = block_index * L
         block_len = op.CastLike(op.Min(seq - block_start, L), query)
-        block_norm = op.Where(scaled, op.Sqrt(block_len), block_len)
-        block_rep = block_sum / op.Unsqueeze(block_norm, op.Constant(value_ints=[-1]))
+        block_norm = op.Unsqueeze(op.Where(scaled, op.Sqrt(block_len), block_len), one)  # (NB, 1)
+        q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
+                                        op.Concat(n_blocks, L, axis=0)), op.Constant(value_ints=[-1]))  # (NB, L, 1)
 
-        # 3. token-level importance and top-K selection per query block
-        chunk_scores = op.MatMul(block_rep, op.Transpose(chunk_rep, perm=[0, 1, 3, 2]))  # (B, Hkv, NB, C)
-        scores = op.MatMul(chunk_scores, member_f)  # (B, Hkv, NB, S)
+        # keys each block may see (causal, window) and must keep (sink, local), (NB, S)
         last_query = op.Unsqueeze(op.Min(block_start + L, seq) - one, one)  # (NB, 1)
-        visible = op.And(pos <= last_query, pos > op.Unsqueeze(block_start, one) - window)  # (NB, S)
+        visible = op.And(pos <= last_query, pos > op.Unsqueeze(block_start, one) - window)
         sink = op.Constant(value_int=sink_tokens)
         local = op.Constant(value_int=local_tokens)
         forced = op.And(op.Or(pos < sink, pos >= op.Unsqueeze(block_start, one) - local), visible)
-        scores = op.Where(visible, scores, -big)
-        scores = op.Where(forced, big, scores)
         k = op.Min(budget, seq)
-        _, kept = op.TopK(scores, k, axis=-1, largest=1, sorted=1)  # (B, Hkv, NB, K)
 
-        # 4. attention over the gathered keys/values, a slice of query blocks per Loop step: each step
-        #    scores about STEP_TOKENS queries against their K kept keys, so peak memory does not grow with S
+        # 3-4. per Loop step, a slice of query blocks (~2048 queries): score chunks, upsample them to
+        #      tokens, keep the top K keys, gather them and attend; memory does not grow with S
+        three = op.Constant(value_ints=[3])
         q6 = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
         head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
         head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
         rows = op.Concat(op.Constant(value_ints=[-1]), dim, axis=0)
         key_rows = op.Reshape(key, rows)  # (B * Hkv * S, D)
         value_rows = op.Reshape(value, rows)
-        q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
-                                        op.Concat(n_blocks, L, axis=0)), op.Constant(value_ints=[-1]))  # (NB, L, 1)
         per_step = op.Max(op.Div(op.Constant(value_ints=[2048]), L), one)  # query blocks per step
         n_steps = op.Div(n_blocks + per_step - one, per_step)
         out = op.Slice(q6, zero, zero, two)  # (B, Hkv, 0, G, L, D): grows by one slice per step
@@ -287,13 +329,29 @@ def DHSAAttention(
             lo = op.Reshape(step, one) * per_step
             hi = op.Min(lo + per_step, n_blocks)
             count = hi - lo
-            kept_s = op.Slice(kept, lo, hi, two)  # (B, Hkv, T, K)
+            q_step = op.Slice(q_blocks, lo, hi, three)  # (B, Hkv, G, T, L, D)
+            qp = op.Slice(q_pos, lo, hi, zero)  # (T, L, 1)
+            if use_bound:
+                # max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low
+                bound = op.Add(op.MatMul(op.Relu(q_step), first),
+                               op.MatMul(op.Min(q_step, op.CastLike(0.0, query)), second))  # (B, Hkv, G, T, L, C)
+                bound = op.Where(qp < seq, bound, -big)  # padding rows never win
+                chunk_scores = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
+            else:
+                block_sum = op.ReduceMean(op.ReduceSum(q_step, op.Constant(value_ints=[4]), keepdims=0),
+                                          op.Constant(value_ints=[2]), keepdims=0)  # (B, Hkv, T, D)
+                block_rep = block_sum / op.Slice(block_norm, lo, hi, zero)
+                chunk_scores = op.MatMul(block_rep, op.Squeeze(first, to_6d))  # (B, Hkv, T, C)
+            scores = op.MatMul(chunk_scores, member_f)  # (B, Hkv, T, S)
+            scores = op.Where(op.Slice(visible, lo, hi, zero), scores, -big)
+            scores = op.Where(op.Slice(forced, lo, hi, zero), big, scores)
+            _, kept_s = op.TopK(scores, k, axis=-1, largest=1, sorted=1)  # (B, Hkv, T, K)
+
             flat = op.Reshape(kept_s + head_base, op.Constant(value_ints=[-1]))
             gathered = op.Concat(batch * kv_heads * count, one, k, dim, axis=0)
             k_s = op.Reshape(op.Gather(key_rows, flat, axis=0), gathered)  # (B * Hkv * T, 1, K, D)
             v_s = op.Reshape(op.Gather(value_rows, flat, axis=0), gathered)
             q_s = op.Reshape(op.Slice(q6, lo, hi, two), op.Concat(batch * kv_heads * count, group, L, dim, axis=0))
-            qp = op.Slice(q_pos, lo, hi, zero)  # (T, L, 1)
             key_pos = op.Unsqueeze(kept_s, op.Constant(value_ints=[3]))  # (B, Hkv, T, 1, K)
             allowed = op.And(key_pos <= qp, qp - key_pos < window)  # (B, Hkv, T, L, K)
             allowed = op.Reshape(allowed, op.Concat(batch * kv_heads * count, one, L, k, axis=0))

@@ -56,10 +56,11 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(workdir):
-    """Two tiny models written by `edgekit export`: dense and DHSA (fixed chunks, sparse at 100 tokens)."""
+    """Two tiny models written by `edgekit export`: dense and DHSA (fixed chunks, the paper's mean
+    scoring, sparse at 100 tokens)."""
     dense = edgekit("export", "llama-tiny", "-o", workdir / "dense.onnx", "--check-tokens", 16)
     dhsa = edgekit("export", "llama-tiny", "-o", workdir / "dhsa.onnx", "--method", "dhsa", *DHSA_FLAGS,
-                   "--fixed-chunks", "--check-tokens", 100)
+                   "--fixed-chunks", "--mean-score", "--check-tokens", 100)
     return {"dense": (dense, workdir / "dense.onnx"), "dhsa": (dhsa, workdir / "dhsa.onnx")}
 
 
@@ -116,7 +117,7 @@ def test_export(exported, method):
     assert props["edgekit.method"] == method
     if method == "dhsa":
         options = json.loads(props["edgekit.options"])
-        assert options["adaptive_chunks"] == 0 and options["budget_tokens"] == 64
+        assert options["adaptive_chunks"] == 0 and options["chunk_score"] == 0 and options["budget_tokens"] == 64
         assert "budget_tokens=64" in proc.stdout
 
 

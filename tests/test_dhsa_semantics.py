@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from edgekit.errors import InvalidAttributeError, ShapeError
 from edgekit.runtime_ops import get_op
 from edgekit.runtime_ops.attach import single_op_model
-from edgekit.runtime_ops.dhsa import chunk_starts, select_keys
+from edgekit.runtime_ops.dhsa import chunk_bounds, chunk_membership, chunk_starts, select_keys
 
 DHSA = get_op("DHSAAttention")
 SMALL = dict(block_size=16, chunk_size=8, budget_tokens=64, sink_tokens=8, local_tokens=16)
@@ -102,6 +102,8 @@ SELECTION_CASES = {
     "ragged_gqa3": dict(SMALL, block_size=12, chunk_size=7, budget_tokens=50),
     "no_sink_no_local": dict(SMALL, sink_tokens=0, local_tokens=0, budget_tokens=24),
     "fixed_plain": dict(SMALL, adaptive_chunks=0, length_scaled=0),
+    "mean_score": dict(SMALL, chunk_score=0),
+    "mean_score_plain": dict(SMALL, chunk_score=0, length_scaled=0),
     "window_softcap": dict(SMALL, sliding_window=40, softcap=3.0),
     "window_lt_block": dict(SMALL, sliding_window=10),
 }
@@ -160,6 +162,76 @@ def test_selection_follows_the_scores():
         assert set(range(100, 108)) <= set(kept[0, 0, blk].tolist())
 
 
+def _needle_case():
+    """One query of the last block looks for a planted 'needle' chunk; the block's other 15 queries
+    and the filler keys share another direction (a question at the end of a long, repetitive text)."""
+    g = torch.Generator().manual_seed(5)
+    S, D = 256, 16
+    filler, needle = torch.randn(D, generator=g), torch.randn(D, generator=g)
+    needle -= (needle @ filler) / (filler @ filler) * filler  # orthogonal to the filler
+    q = filler + 0.3 * torch.randn(1, 2, S, D, generator=g)
+    k = filler + 0.3 * torch.randn(1, 1, S, D, generator=g)
+    k[:, :, 40:48] = needle * 2
+    q[:, :, 250] = needle * 3  # the "question"
+    return q, k
+
+
+def test_bound_scoring_keeps_a_chunk_that_one_query_wants():
+    q, k = _needle_case()
+    attrs = DHSA.resolve(**SMALL, adaptive_chunks=0)
+    assert set(range(40, 48)) <= set(select_keys(q, k, **attrs)[0, 0, -1].tolist())
+    # the block's mean query is mostly filler: the paper's mean scoring keeps filler instead
+    for length_scaled in (0, 1):
+        mean_kept = set(select_keys(q, k, **dict(attrs, chunk_score=0, length_scaled=length_scaled))[0, 0, -1].tolist())
+        assert not set(range(40, 48)) & mean_kept
+
+
+def test_chunk_bound_is_the_max_logit_bound():
+    """relu(q).max + min(q, 0).min over a chunk's keys bounds q.k of each of them, tightly for one key."""
+    q, k, _ = qkv(1, 1, 1, 60, 8, seed=6)
+    starts = chunk_starts(k, 8, 1)
+    member = chunk_membership(starts, 60)
+    high, low = chunk_bounds(k, member)
+    bound = q[0, 0].clamp(min=0) @ high[0, 0].T + q[0, 0].clamp(max=0) @ low[0, 0].T  # (S, C)
+    logits = q[0, 0] @ k[0, 0].T  # (S, S)
+    for c in range(member.shape[2]):
+        keys = member[0, 0, c]
+        assert (bound[:, c] >= logits[:, keys].amax(-1) - 1e-5).all()
+    one_key = chunk_membership(torch.arange(60)[None, None], 60)  # every key its own chunk
+    high, low = chunk_bounds(k, one_key)
+    torch.testing.assert_close(q[0, 0].clamp(min=0) @ high[0, 0].T + q[0, 0].clamp(max=0) @ low[0, 0].T, logits)
+
+
+def test_bound_scoring_ignores_the_padding_of_the_last_block():
+    """S = 250 pads the last block with 6 zero queries. Every real query scores every chunk below 0, so
+    padding that took part in the max would tie all chunks at 0 and keep the lowest positions instead."""
+    g = torch.Generator().manual_seed(7)
+    filler = torch.randn(16, generator=g)
+    q = filler + 0.1 * torch.randn(1, 2, 250, 16, generator=g)
+    k = -filler + 0.1 * torch.randn(1, 1, 250, 16, generator=g)
+    attrs = DHSA.resolve(**SMALL, adaptive_chunks=0)
+    kept = set(select_keys(q, k, **attrs)[0, 0, -1].tolist())
+    chunks = k[0, 0, :224].view(28, 8, 16)  # fixed chunks the last block may pick
+    last = q[0, :, 240:250]
+    bound = last.clamp(min=0) @ chunks.amax(1).T + last.clamp(max=0) @ chunks.amin(1).T  # (heads, 10, 28)
+    assert (bound < 0).all()
+    best = bound.amax(dim=(0, 1))[1:].topk(3).indices + 1  # chunk 0 is sink
+    assert best.tolist() != [1, 2, 3]
+    for chunk in best.tolist():
+        assert set(range(8 * chunk, 8 * chunk + 8)) <= kept
+    v = torch.randn_like(k)  # ONNX Runtime masks the padding the same way
+    got = _run_single_op(attrs, q, k, v)
+    np.testing.assert_allclose(got, DHSA(q, k, v, **attrs).numpy(), rtol=0, atol=1e-5)
+
+
+def _run_single_op(attrs, q, k, v):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(single_op_model(DHSA, attrs).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()})[0]
+
+
 # ---------------------------------------------------------------------------------------------------
 # chunk boundaries
 
@@ -213,11 +285,12 @@ def test_adaptive_chunks_find_planted_boundaries(boundaries):
     (dict(SMALL, block_size="16"), "block_size"),
     (dict(SMALL, block_size=True), "block_size"),
     (dict(SMALL, adaptive_chunks=2), "adaptive_chunks"),
+    (dict(SMALL, chunk_score=2), "chunk_score"),
     (dict(SMALL, sink_tokens=-1), "sink_tokens"),
     (dict(SMALL, sliding_window=-4), "sliding_window"),
     (dict(SMALL, softcap=-1.0), "softcap"),
 ], ids=["budget0", "block0", "chunk0", "budget_too_small", "unknown", "float_block", "str_block",
-        "bool_block", "adaptive2", "negative_sink", "negative_window", "negative_softcap"])
+        "bool_block", "adaptive2", "chunk_score2", "negative_sink", "negative_window", "negative_softcap"])
 def test_invalid_attribute_is_named(attrs, named):
     q, k, v = qkv(1, 2, 1, 8, 8)
     for call in (lambda: DHSA(q, k, v, **attrs), lambda: single_op_model(DHSA, attrs), lambda: DHSA.resolve(**attrs)):

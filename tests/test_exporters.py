@@ -69,7 +69,7 @@ def test_export_writes_a_checked_model(exported, family, name, method):
     assert path.is_file() and result.path == str(path)
     assert (result.model, result.method, result.check_tokens) == (name, method, CHECK_TOKENS)
     assert result.max_abs_error <= result.tolerance
-    assert result.options == ({**DHSA_OPTIONS, "adaptive_chunks": 1, "length_scaled": 1} if method == "dhsa" else {})
+    assert result.options == ({**DHSA_OPTIONS, "adaptive_chunks": 1, "length_scaled": 1, "chunk_score": 1} if method == "dhsa" else {})
     assert not [p for p in path.parent.iterdir() if p != path], "export left extra files beside the output"
 
 
@@ -83,6 +83,25 @@ def test_written_file_matches_pytorch_at_two_lengths(exported, family, name, met
         outputs = session.run({"input_ids": ids.numpy()})
         assert_logits_close(outputs["logits"], torch_logits(family, name, method, ids))
         assert outputs["present.0.key"].shape[-1] == outputs["present.0.value"].shape[-1]
+
+
+@pytest.mark.parametrize("family, name, method", ROWS)
+def test_batch_rows_are_independent_and_match_the_declared_shapes(exported, family, name, method):
+    """A batch of 3 prompts (sparse path for DHSA) gives each row what that prompt gives alone."""
+    _, path = exported(name, method)
+    session = Session(path, ep="cpu")
+    ids = torch.randint(0, family.presets[name]["vocab_size"], (3, 90), generator=torch.Generator().manual_seed(3))
+    batched = session.run({"input_ids": ids.numpy()})
+    declared = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+                for o in onnx.load(str(path), load_external_data=False).graph.output}
+    for out_name, value in batched.items():
+        dims = declared[out_name]
+        assert dims[0] == "batch" and value.shape[0] == 3
+        assert all(d == v for d, v in zip(dims, value.shape) if isinstance(d, int)), (out_name, dims, value.shape)
+    for row in range(3):
+        alone = session.run({"input_ids": ids[row:row + 1].numpy()})
+        for out_name, value in alone.items():
+            np.testing.assert_allclose(batched[out_name][row:row + 1], value, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("family, name, method", ROWS)
