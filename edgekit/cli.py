@@ -67,10 +67,9 @@ def export(
     block_size: Optional[int] = typer.Option(None, help="DHSA: query tokens per block [128]"),
     chunk_size: Optional[int] = typer.Option(None, help="DHSA: target key-chunk length [64]"),
     fixed_chunks: bool = typer.Option(False, "--fixed-chunks", help="DHSA: fixed-size chunks, not adaptive"),
-    plain_mean: bool = typer.Option(False, "--plain-mean", help="DHSA --mean-score: chunk mean without sqrt(len) scaling"),
-    mean_score: bool = typer.Option(False, "--mean-score",
-                                    help="DHSA: score chunks by mean query . chunk mean (the paper's form), "
-                                         "not by the max-logit bound"),
+    plain_mean: bool = typer.Option(False, "--plain-mean", help="DHSA, chunk scores 0 and 2: chunk mean without sqrt(len) scaling"),
+    chunk_score: Optional[int] = typer.Option(None, help="DHSA: 0 mean query . chunk mean (paper), 1 max-logit "
+                                                         "bound, 2 both interleaved [2]"),
     budget_tokens: Optional[int] = typer.Option(None, help="DHSA: keys kept per query block [2048]"),
     sink_tokens: Optional[int] = typer.Option(None, help="DHSA: first keys always kept [128]"),
     local_tokens: Optional[int] = typer.Option(None, help="DHSA: keys before each block always kept [128]"),
@@ -86,8 +85,8 @@ def export(
         options["adaptive_chunks"] = 0
     if plain_mean:
         options["length_scaled"] = 0
-    if mean_score:
-        options["chunk_score"] = 0
+    if chunk_score is not None:
+        options["chunk_score"] = chunk_score
     with err.status(f"exporting {model} ({method})"):
         result = run_export(model, str(output), method=method, check_tokens=check_tokens,
                             logits_to_keep=logits_to_keep, **options)

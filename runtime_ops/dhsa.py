@@ -54,8 +54,8 @@ ATTRIBUTES = (
     Attribute("chunk_size", 64, "target key-chunk length (adaptive chunks are 1 .. 2*chunk_size-1)", minimum=1),
     Attribute("adaptive_chunks", 1, "1: boundaries where consecutive keys are least similar; 0: fixed", 0, 1),
     Attribute("length_scaled", 1, "chunk_score=0: 1: representation = sum / sqrt(len); 0: plain mean", 0, 1),
-    Attribute("chunk_score", 1, "1: max over the block's queries of a bound on q.k in the chunk; 0: mean "
-              "query . chunk representation (paper)", 0, 1),
+    Attribute("chunk_score", 2, "0: mean query . chunk representation (paper); 1: max over the block's "
+              "queries of a bound on q.k in the chunk; 2: both, rankings interleaved", 0, 2),
     Attribute("budget_tokens", 2048, "keys each query block attends to", minimum=1),
     Attribute("sink_tokens", 128, "first keys always kept", minimum=0),
     Attribute("local_tokens", 128, "keys right before each query block always kept", minimum=0),
@@ -113,28 +113,48 @@ def chunk_bounds(key: torch.Tensor, member: torch.Tensor) -> tuple[torch.Tensor,
     return (keys.masked_fill(~inside, float("-inf")).amax(3), keys.masked_fill(~inside, float("inf")).amin(3))
 
 
+def chunk_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of every chunk along the last axis, 0 = best; ties go to the lower index (as ONNX TopK)."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    return torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1]).expand_as(order))
+
+
 def token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_scaled, chunk_score) -> torch.Tensor:
     """Importance of every key for every query block, (B, Hkv, n_blocks, S)."""
     B, Hq, S, D = query.shape
     Hkv = key.shape[1]
-    member = chunk_membership(chunk_starts(key, chunk_size, adaptive_chunks), S)
+    starts = chunk_starts(key, chunk_size, adaptive_chunks)
+    member = chunk_membership(starts, S)
     n_blocks = -(-S // block_size)
     padded = torch.nn.functional.pad(query, (0, 0, 0, n_blocks * block_size - S))
     blocks = padded.view(B, Hkv, Hq // Hkv, n_blocks, block_size, D)
-    if chunk_score:
-        high, low = chunk_bounds(key, member)
-        # max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low: two matmuls
-        bound = (blocks.clamp(min=0) @ high[:, :, None, None].transpose(-1, -2)
-                 + blocks.clamp(max=0) @ low[:, :, None, None].transpose(-1, -2))  # (B, Hkv, G, NB, L, C)
-        padding = (torch.arange(n_blocks * block_size) >= S).view(n_blocks, block_size, 1)
-        chunk_scores = bound.masked_fill(padding, float("-inf")).amax(dim=(2, 4))  # (B, Hkv, NB, C)
-    else:
-        member_f = member.to(query.dtype)
-        chunk_rep = (member_f @ key) / _norm(member_f.sum(-1), length_scaled)[..., None]  # (B, Hkv, C, D)
-        block_len = (S - torch.arange(n_blocks) * block_size).clamp(max=block_size)
-        block_rep = blocks.sum(4).mean(2) / _norm(block_len, length_scaled)[:, None]  # (B, Hkv, NB, D)
-        chunk_scores = block_rep @ chunk_rep.transpose(-1, -2)
-    return chunk_scores @ member.to(query.dtype)  # (B, Hkv, NB, S)
+
+    # "bound": max over the block's queries (and the group's heads) of a bound on q.k in the chunk;
+    # max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low: two matmuls
+    high, low = chunk_bounds(key, member)
+    bound = (blocks.clamp(min=0) @ high[:, :, None, None].transpose(-1, -2)
+             + blocks.clamp(max=0) @ low[:, :, None, None].transpose(-1, -2))  # (B, Hkv, G, NB, L, C)
+    padding = (torch.arange(n_blocks * block_size) >= S).view(n_blocks, block_size, 1)
+    bound = bound.masked_fill(padding, float("-inf")).amax(dim=(2, 4))  # (B, Hkv, NB, C)
+
+    # "mean" (the paper): the block's mean query . the chunk's representation
+    member_f = member.to(query.dtype)
+    chunk_rep = (member_f @ key) / _norm(member_f.sum(-1), length_scaled)[..., None]  # (B, Hkv, C, D)
+    block_len = (S - torch.arange(n_blocks) * block_size).clamp(max=block_size)
+    block_rep = blocks.sum(4).mean(2) / _norm(block_len, length_scaled)[:, None]  # (B, Hkv, NB, D)
+    mean = block_rep @ chunk_rep.transpose(-1, -2)  # (B, Hkv, NB, C)
+
+    if chunk_score == 0:
+        chunk_scores = mean
+    elif chunk_score == 1:
+        chunk_scores = bound
+    else:  # "both": interleave the two rankings of the chunks a block can see, the mean's pick first
+        last_query = (torch.arange(n_blocks) * block_size + block_size).clamp(max=S) - 1
+        can_see = starts[:, :, None, :] <= last_query[:, None]  # (B, Hkv, NB, C)
+        bound_rank = chunk_ranks(bound.masked_fill(~can_see, float("-inf")))
+        mean_rank = chunk_ranks(mean.masked_fill(~can_see, float("-inf")))
+        chunk_scores = -(2 * torch.minimum(bound_rank, mean_rank) + (bound_rank < mean_rank)).to(query.dtype)
+    return chunk_scores @ member_f  # (B, Hkv, NB, S)
 
 
 def visible_keys(seq_len: int, block_size: int, sliding_window: int) -> torch.Tensor:
@@ -211,7 +231,7 @@ def DHSAAttention(
     chunk_size: int = 64,
     adaptive_chunks: int = 1,
     length_scaled: int = 1,
-    chunk_score: int = 1,
+    chunk_score: int = 2,
     budget_tokens: int = 2048,
     sink_tokens: int = 128,
     local_tokens: int = 128,
@@ -235,6 +255,7 @@ def DHSAAttention(
     big = op.CastLike(op.Constant(value_float=3.0e38), query)
 
     two = op.Constant(value_ints=[2])
+    three = op.Constant(value_ints=[3])
     window = op.Constant(value_int=sliding_window)
     window = op.Where(window > 0, window, op.Constant(value_int=2**62))
     d = op.CastLike(dim, query)
@@ -264,35 +285,34 @@ def DHSAAttention(
         ends = op.Concat(op.Slice(starts, one, op.Constant(value_ints=[2**62]), op.Constant(value_ints=[-1])),
                          op.Expand(seq, op.Concat(batch, kv_heads, one, axis=0)), axis=-1)
 
-        # 2. chunk summaries: per-channel max / min of the keys ("bound") or sum / norm ("mean")
+        # 2. chunk summaries: per-channel max / min of the keys ("bound") and sum / norm ("mean")
         member = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pos,
                         pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))  # (B, Hkv, C, S)
         member_f = op.CastLike(member, query)
         scaled = op.Cast(op.Constant(value_int=length_scaled), to=BOOL.dtype)
-        use_bound = op.Cast(op.Constant(value_int=chunk_score), to=BOOL.dtype)
+        mode = op.Constant(value_int=chunk_score)
+        # chunk j lies inside windows j and j+1 of `chunk` keys: reduce over that pair, not over all S keys
+        k_pad = op.Pad(key, op.Concat(zero, zero, zero, zero, zero, zero, n_chunks * chunk + chunk - seq, zero,
+                                      axis=0))
+        k_win = op.Reshape(k_pad, op.Concat(batch, kv_heads, n_chunks + one, chunk, dim, axis=0))
+        pair = op.Concat(op.Slice(k_win, zero, n_chunks, two), op.Slice(k_win, one, n_chunks + one, two),
+                         axis=3)  # (B, Hkv, C, 2 * chunk, D)
+        pair_pos = op.Unsqueeze(chunk_index * chunk, one) + op.Range(
+            op.Squeeze(zero), op.Squeeze(chunk + chunk), op.Constant(value_int=1))  # (C, 2 * chunk)
+        inside = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pair_pos,
+                        pair_pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))
+        inside = op.Unsqueeze(inside, op.Constant(value_ints=[-1]))  # (B, Hkv, C, 2 * chunk, 1)
+        last_axis = op.Constant(value_ints=[-1])
         to_6d = op.Constant(value_ints=[2, 3])
-        if use_bound:
-            # chunk j lies inside windows j and j+1 of `chunk` keys: reduce over that pair, not over S
-            k_pad = op.Pad(key, op.Concat(zero, zero, zero, zero, zero, zero, n_chunks * chunk + chunk - seq, zero,
-                                          axis=0))
-            k_win = op.Reshape(k_pad, op.Concat(batch, kv_heads, n_chunks + one, chunk, dim, axis=0))
-            pair = op.Concat(op.Slice(k_win, zero, n_chunks, two), op.Slice(k_win, one, n_chunks + one, two),
-                             axis=3)  # (B, Hkv, C, 2 * chunk, D)
-            pair_pos = op.Unsqueeze(chunk_index * chunk, one) + op.Range(
-                op.Squeeze(zero), op.Squeeze(chunk + chunk), op.Constant(value_int=1))  # (C, 2 * chunk)
-            inside = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pair_pos,
-                            pair_pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))
-            inside = op.Unsqueeze(inside, op.Constant(value_ints=[-1]))  # (B, Hkv, C, 2 * chunk, 1)
-            high = op.ReduceMax(op.Where(inside, pair, -big), op.Constant(value_ints=[3]), keepdims=0)
-            low = op.ReduceMin(op.Where(inside, pair, big), op.Constant(value_ints=[3]), keepdims=0)
-            first = op.Unsqueeze(op.Transpose(high, perm=[0, 1, 3, 2]), to_6d)  # (B, Hkv, 1, 1, D, C)
-            second = op.Unsqueeze(op.Transpose(low, perm=[0, 1, 3, 2]), to_6d)
-        else:
-            chunk_len = op.CastLike(ends - starts, query)
-            chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
-            chunk_rep = op.MatMul(member_f, key) / op.Unsqueeze(chunk_norm, op.Constant(value_ints=[-1]))
-            first = op.Unsqueeze(op.Transpose(chunk_rep, perm=[0, 1, 3, 2]), to_6d)  # (B, Hkv, 1, 1, D, C)
-            second = op.Identity(first)
+        high = op.ReduceMax(op.Where(inside, pair, -big), three, keepdims=0)  # (B, Hkv, C, D)
+        low = op.ReduceMin(op.Where(inside, pair, big), three, keepdims=0)
+        high6 = op.Unsqueeze(op.Transpose(high, perm=[0, 1, 3, 2]), to_6d)  # (B, Hkv, 1, 1, D, C)
+        low6 = op.Unsqueeze(op.Transpose(low, perm=[0, 1, 3, 2]), to_6d)
+        chunk_len = op.CastLike(ends - starts, query)
+        chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
+        chunk_sum = op.ReduceSum(op.Where(inside, pair, op.CastLike(0.0, query)), three, keepdims=0)
+        chunk_rep_t = op.Transpose(chunk_sum / op.Unsqueeze(chunk_norm, last_axis), perm=[0, 1, 3, 2])  # (B, Hkv, D, C)
+        chunk_ranks = op.Unsqueeze(chunk_index, op.Constant(value_ints=[0, 1, 2]))  # (1, 1, 1, C)
 
         padded_len = n_blocks * L
         q_pad = op.Pad(query, op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0))
@@ -315,7 +335,6 @@ def DHSAAttention(
 
         # 3-4. per Loop step, a slice of query blocks (~2048 queries): score chunks, upsample them to
         #      tokens, keep the top K keys, gather them and attend; memory does not grow with S
-        three = op.Constant(value_ints=[3])
         q6 = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
         head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
         head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
@@ -331,17 +350,26 @@ def DHSAAttention(
             count = hi - lo
             q_step = op.Slice(q_blocks, lo, hi, three)  # (B, Hkv, G, T, L, D)
             qp = op.Slice(q_pos, lo, hi, zero)  # (T, L, 1)
-            if use_bound:
-                # max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low
-                bound = op.Add(op.MatMul(op.Relu(q_step), first),
-                               op.MatMul(op.Min(q_step, op.CastLike(0.0, query)), second))  # (B, Hkv, G, T, L, C)
-                bound = op.Where(qp < seq, bound, -big)  # padding rows never win
-                chunk_scores = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
-            else:
-                block_sum = op.ReduceMean(op.ReduceSum(q_step, op.Constant(value_ints=[4]), keepdims=0),
-                                          op.Constant(value_ints=[2]), keepdims=0)  # (B, Hkv, T, D)
-                block_rep = block_sum / op.Slice(block_norm, lo, hi, zero)
-                chunk_scores = op.MatMul(block_rep, op.Squeeze(first, to_6d))  # (B, Hkv, T, C)
+            # "bound": max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low
+            bound = op.Add(op.MatMul(op.Relu(q_step), high6),
+                           op.MatMul(op.Min(q_step, op.CastLike(0.0, query)), low6))  # (B, Hkv, G, T, L, C)
+            bound = op.Where(qp < seq, bound, -big)  # padding rows never win
+            bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
+            # "mean": the block's mean query . chunk representation
+            block_sum = op.ReduceMean(op.ReduceSum(q_step, op.Constant(value_ints=[4]), keepdims=0),
+                                      op.Constant(value_ints=[2]), keepdims=0)  # (B, Hkv, T, D)
+            mean = op.MatMul(block_sum / op.Slice(block_norm, lo, hi, zero), chunk_rep_t)  # (B, Hkv, T, C)
+            # "both": interleave the two rankings of the chunks the block can see, the mean's first
+            can_see = op.Unsqueeze(starts, two) <= op.Slice(last_query, lo, hi, zero)  # (B, Hkv, T, C)
+            _, by_bound = op.TopK(op.Where(can_see, bound, -big), n_chunks, axis=-1, largest=1, sorted=1)
+            _, by_mean = op.TopK(op.Where(can_see, mean, -big), n_chunks, axis=-1, largest=1, sorted=1)
+            ranks = op.Expand(chunk_ranks, op.Shape(by_bound))
+            bound_rank = op.ScatterElements(by_bound, by_bound, ranks, axis=-1)
+            mean_rank = op.ScatterElements(by_mean, by_mean, ranks, axis=-1)
+            both = op.Neg(op.CastLike(op.Min(bound_rank, mean_rank) * two
+                                      + op.Cast(bound_rank < mean_rank, to=INT64.dtype), query))
+            chunk_scores = op.Where(mode == op.Constant(value_int=0), mean,
+                                    op.Where(mode == op.Constant(value_int=1), bound, both))
             scores = op.MatMul(chunk_scores, member_f)  # (B, Hkv, T, S)
             scores = op.Where(op.Slice(visible, lo, hi, zero), scores, -big)
             scores = op.Where(op.Slice(forced, lo, hi, zero), big, scores)

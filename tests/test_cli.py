@@ -60,7 +60,7 @@ def exported(workdir):
     scoring, sparse at 100 tokens)."""
     dense = edgekit("export", "llama-tiny", "-o", workdir / "dense.onnx", "--check-tokens", 16)
     dhsa = edgekit("export", "llama-tiny", "-o", workdir / "dhsa.onnx", "--method", "dhsa", *DHSA_FLAGS,
-                   "--fixed-chunks", "--mean-score", "--check-tokens", 100)
+                   "--fixed-chunks", "--chunk-score", 0, "--check-tokens", 100)
     return {"dense": (dense, workdir / "dense.onnx"), "dhsa": (dhsa, workdir / "dhsa.onnx")}
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from edgekit.errors import InvalidAttributeError, ShapeError
 from edgekit.runtime_ops import get_op
 from edgekit.runtime_ops.attach import single_op_model
-from edgekit.runtime_ops.dhsa import chunk_bounds, chunk_membership, chunk_starts, select_keys
+from edgekit.runtime_ops.dhsa import chunk_bounds, chunk_membership, chunk_starts, select_keys, token_scores
 
 DHSA = get_op("DHSAAttention")
 SMALL = dict(block_size=16, chunk_size=8, budget_tokens=64, sink_tokens=8, local_tokens=16)
@@ -103,6 +103,7 @@ SELECTION_CASES = {
     "no_sink_no_local": dict(SMALL, sink_tokens=0, local_tokens=0, budget_tokens=24),
     "fixed_plain": dict(SMALL, adaptive_chunks=0, length_scaled=0),
     "mean_score": dict(SMALL, chunk_score=0),
+    "bound_score": dict(SMALL, chunk_score=1),
     "mean_score_plain": dict(SMALL, chunk_score=0, length_scaled=0),
     "window_softcap": dict(SMALL, sliding_window=40, softcap=3.0),
     "window_lt_block": dict(SMALL, sliding_window=10),
@@ -179,11 +180,33 @@ def _needle_case():
 def test_bound_scoring_keeps_a_chunk_that_one_query_wants():
     q, k = _needle_case()
     attrs = DHSA.resolve(**SMALL, adaptive_chunks=0)
-    assert set(range(40, 48)) <= set(select_keys(q, k, **attrs)[0, 0, -1].tolist())
+    needle = set(range(40, 48))
+    for chunk_score in (1, 2):  # the bound alone, and interleaved with the mean (the default)
+        assert needle <= set(select_keys(q, k, **dict(attrs, chunk_score=chunk_score))[0, 0, -1].tolist())
     # the block's mean query is mostly filler: the paper's mean scoring keeps filler instead
     for length_scaled in (0, 1):
         mean_kept = set(select_keys(q, k, **dict(attrs, chunk_score=0, length_scaled=length_scaled))[0, 0, -1].tolist())
-        assert not set(range(40, 48)) & mean_kept
+        assert not needle & mean_kept
+
+
+def test_both_scores_interleave_the_two_rankings():
+    """chunk_score=2 orders a block's visible chunks: the mean's best, the bound's best not yet taken,
+    the mean's next, ... (rebuilt here from the two single-score rankings)."""
+    q, k, _ = qkv(1, 4, 2, 150, 16, seed=8)
+    attrs = dict(block_size=16, chunk_size=8, adaptive_chunks=1, length_scaled=1)
+    mean, bound, both = (token_scores(q, k, **attrs, chunk_score=m) for m in (0, 1, 2))
+    starts = chunk_starts(k, 8, 1)
+    for h, blk in np.ndindex(2, 10):
+        visible = [c for c in range(starts.shape[-1]) if starts[0, h, c] <= min(blk * 16 + 15, 149)]
+        first_token = starts[0, h].tolist()
+        by = lambda scores: sorted(visible, key=lambda c: (-scores[0, h, blk, first_token[c]].item(), c))
+        expected, rankings = [], [by(mean), by(bound)]
+        for i in range(len(visible)):
+            for ranking in rankings:
+                if ranking[i] not in expected:
+                    expected.append(ranking[i])
+        got = sorted(visible, key=lambda c: -both[0, h, blk, first_token[c]].item())
+        assert got == expected
 
 
 def test_chunk_bound_is_the_max_logit_bound():
@@ -209,7 +232,7 @@ def test_bound_scoring_ignores_the_padding_of_the_last_block():
     filler = torch.randn(16, generator=g)
     q = filler + 0.1 * torch.randn(1, 2, 250, 16, generator=g)
     k = -filler + 0.1 * torch.randn(1, 1, 250, 16, generator=g)
-    attrs = DHSA.resolve(**SMALL, adaptive_chunks=0)
+    attrs = DHSA.resolve(**SMALL, adaptive_chunks=0, chunk_score=1)
     kept = set(select_keys(q, k, **attrs)[0, 0, -1].tolist())
     chunks = k[0, 0, :224].view(28, 8, 16)  # fixed chunks the last block may pick
     last = q[0, :, 240:250]
@@ -285,12 +308,12 @@ def test_adaptive_chunks_find_planted_boundaries(boundaries):
     (dict(SMALL, block_size="16"), "block_size"),
     (dict(SMALL, block_size=True), "block_size"),
     (dict(SMALL, adaptive_chunks=2), "adaptive_chunks"),
-    (dict(SMALL, chunk_score=2), "chunk_score"),
+    (dict(SMALL, chunk_score=3), "chunk_score"),
     (dict(SMALL, sink_tokens=-1), "sink_tokens"),
     (dict(SMALL, sliding_window=-4), "sliding_window"),
     (dict(SMALL, softcap=-1.0), "softcap"),
 ], ids=["budget0", "block0", "chunk0", "budget_too_small", "unknown", "float_block", "str_block",
-        "bool_block", "adaptive2", "chunk_score2", "negative_sink", "negative_window", "negative_softcap"])
+        "bool_block", "adaptive2", "chunk_score3", "negative_sink", "negative_window", "negative_softcap"])
 def test_invalid_attribute_is_named(attrs, named):
     q, k, v = qkv(1, 2, 1, 8, 8)
     for call in (lambda: DHSA(q, k, v, **attrs), lambda: single_op_model(DHSA, attrs), lambda: DHSA.resolve(**attrs)):

@@ -100,6 +100,12 @@ DHSA_CASES = [
     _dhsa("mean_score_plain_two_steps", 1, 2, 1, 2100, 8, chunk_score=0, length_scaled=0, block_size=32,
           chunk_size=16, budget_tokens=96, sink_tokens=16, local_tokens=32),
     _dhsa("mean_score_window_softcap", 1, 4, 2, 200, 16, chunk_score=0, sliding_window=48, softcap=5.0),
+    # chunk_score=1: the max-logit bound alone
+    _dhsa("bound_score", 1, 4, 2, 150, 16, chunk_score=1),
+    _dhsa("bound_score_ragged_gqa3_batch2", 2, 6, 2, 257, 16, chunk_score=1, block_size=32, chunk_size=24,
+          budget_tokens=96),
+    _dhsa("bound_score_fixed_two_steps", 1, 2, 1, 2100, 8, chunk_score=1, adaptive_chunks=0, block_size=32,
+          chunk_size=16, budget_tokens=96, sink_tokens=16, local_tokens=32),
     _dhsa("no_sink", 1, 4, 2, 150, 16, sink_tokens=0),
     _dhsa("no_local", 1, 4, 2, 150, 16, local_tokens=0),
     _dhsa("no_sink_no_local", 1, 4, 2, 150, 16, sink_tokens=0, local_tokens=0, budget_tokens=32),
