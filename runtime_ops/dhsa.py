@@ -7,17 +7,19 @@ training-free. Per (batch, KV head):
    and in every window but the first a new chunk starts where consecutive keys are least similar
    (lowest cosine). This keeps the chunk count fixed (ceil(S / chunk_size)) while the boundaries follow
    the content. Fixed: chunks of exactly `chunk_size`.
-2. Score every chunk for every query block of `block_size` tokens. `chunk_score=1` (default,
-   "bound"): a chunk is summarised by the per-channel max and min of its keys, which bound q.k for any
-   of its keys (sum_d max(q_d * max_d, q_d * min_d), the criterion of Quest, 2024); the block takes the
-   max of that bound over its queries and over the query heads sharing the KV head. `chunk_score=0`
-   ("mean", the paper's form): a chunk is represented by the sum of its keys divided by sqrt(length)
-   (`length_scaled=0`: plain mean), the block likewise from its queries (averaged over the group), and
-   scored by their dot product. We default to the bound because the mean loses short passages far
-   back: on SmolLM2-135M with an 8K-token passkey prompt (needle at 10% depth), in the 11 (layer, KV
-   head) pairs where dense attention puts >= 5% of the answer's attention on the needle, the needle's
-   chunk makes the last block's budget in 1 pair with the mean and in all 11 with the bound, and only
-   the bound retrieves the key.
+2. Score every chunk for every query block of `block_size` tokens, one of three ways (`chunk_score`):
+   0 "mean", the paper's: a chunk is represented by the sum of its keys divided by sqrt(length)
+     (`length_scaled=0`: plain mean), the block likewise from its queries (averaged over the query heads
+     sharing the KV head), and scored by their dot product;
+   1 "bound": a chunk is summarised by the per-channel max and min of its keys, which bound q.k for any
+     of its keys (sum_d max(q_d * max_d, q_d * min_d), Quest's criterion); the block takes the max of
+     that bound over its queries and over the group's query heads;
+   2 "both" (default): the two rankings of the chunks the block can see, taken in turn (the mean's
+     best, the bound's best, the mean's second, ...).
+   Why both: on SmolLM2-135M the mean lost an 8K-token passkey at 10% depth (a block holding a question
+   is mostly filler, so its mean query ranks chunks by filler: the needle's chunk made the last block's
+   budget in 1 of the 11 (layer, KV head) pairs that attend to it in dense attention; with the bound, in
+   all 11), while the bound alone lost two keys the mean found. BENCHMARKS.md has the sweep.
 3. Chunk scores are upsampled to tokens: every key gets its chunk's score. Each query block keeps its
    `budget_tokens` best causal keys, always keeping the first `sink_tokens` keys and its "local" keys:
    its own tokens plus the `local_tokens` keys before it. Ties are broken towards the lower position,

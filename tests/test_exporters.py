@@ -69,7 +69,7 @@ def test_export_writes_a_checked_model(exported, family, name, method):
     assert path.is_file() and result.path == str(path)
     assert (result.model, result.method, result.check_tokens) == (name, method, CHECK_TOKENS)
     assert result.max_abs_error <= result.tolerance
-    assert result.options == ({**DHSA_OPTIONS, "adaptive_chunks": 1, "length_scaled": 1, "chunk_score": 1} if method == "dhsa" else {})
+    assert result.options == ({**DHSA_OPTIONS, "adaptive_chunks": 1, "length_scaled": 1, "chunk_score": 2} if method == "dhsa" else {})
     assert not [p for p in path.parent.iterdir() if p != path], "export left extra files beside the output"
 
 
