@@ -55,7 +55,7 @@ ATTRIBUTES = (
     Attribute("block_size", 128, "query tokens that share one key selection", minimum=1),
     Attribute("chunk_size", 64, "target key-chunk length (adaptive chunks are 1 .. 2*chunk_size-1)", minimum=1),
     Attribute("adaptive_chunks", 1, "1: boundaries where consecutive keys are least similar; 0: fixed", 0, 1),
-    Attribute("length_scaled", 1, "chunk_score=0: 1: representation = sum / sqrt(len); 0: plain mean", 0, 1),
+    Attribute("length_scaled", 1, "mean score: 1: representation = sum / sqrt(len); 0: plain mean", 0, 1),
     Attribute("chunk_score", 2, "0: mean query . chunk representation (paper); 1: max over the block's "
               "queries of a bound on q.k in the chunk; 2: both, rankings interleaved", 0, 2),
     Attribute("budget_tokens", 2048, "keys each query block attends to", minimum=1),
