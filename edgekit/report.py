@@ -19,6 +19,19 @@ def load_results(path: str) -> dict:
     return data
 
 
+def display_names(models) -> dict[str, str]:
+    """Each model's shortest trailing path that no other model shares: file names unless two clash."""
+    paths = {m: Path(m).parts or (m,) for m in dict.fromkeys(models)}
+    names = {}
+    for model, parts in paths.items():
+        for n in range(1, len(parts) + 1):
+            tail = parts[-n:]
+            if not any(other != model and o[-n:] == tail for other, o in paths.items()):
+                break
+        names[model] = str(Path(*tail))
+    return names
+
+
 def _fmt(value, pattern: str) -> str:
     return "—" if value is None else pattern.format(value)
 
@@ -29,10 +42,12 @@ def markdown(report: dict) -> str:
         "| model | method | tokens | status | median ms | p90 ms | peak MB | speedup vs baseline | memory vs baseline |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
+    baseline = report.get("settings", {}).get("baseline", "?")
+    names = display_names([r["model"] for r in report["results"]] + [baseline])
     for r in report["results"]:
         lat = r.get("latency_ms") or {}
         rows.append(
-            f"| {Path(r['model']).name} | {r.get('method', '—')} | {r['seq_len']} | {r['status']} "
+            f"| {names[r['model']]} | {r.get('method', '—')} | {r['seq_len']} | {r['status']} "
             f"| {_fmt(lat.get('median'), '{:.1f}')} | {_fmt(lat.get('p90'), '{:.1f}')} "
             f"| {_fmt(r.get('peak_rss_mb'), '{:.0f}')} | {_fmt(r.get('speedup_vs_baseline'), '{:.2f}x')} "
             f"| {_fmt(r.get('memory_ratio_vs_baseline'), '{:.2f}x')} |"
@@ -41,7 +56,7 @@ def markdown(report: dict) -> str:
     ep = env.get("execution_provider", {})
     footer = (f"\n{env.get('cpu', '?')}, {env.get('logical_cores', '?')} logical cores, "
               f"{env.get('memory_gb', '?')} GB; ONNX Runtime {env.get('versions', {}).get('onnxruntime', '?')} "
-              f"profile '{ep.get('profile', '?')}'; baseline: {Path(report.get('settings', {}).get('baseline', '?')).name}")
+              f"profile '{ep.get('profile', '?')}'; baseline: {names[baseline]}")
     return "\n".join(rows) + "\n" + footer
 
 
@@ -57,11 +72,12 @@ def plot(report: dict, output: str) -> None:
     for r in report["results"]:
         series.setdefault(r["model"], []).append(r)
     lengths = sorted({r["seq_len"] for r in report["results"]})
+    names = display_names(series)
     fig, (ax_lat, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(1, len(series))
     for i, (model, rs) in enumerate(series.items()):
         ok = [r for r in rs if r["status"] == "ok"]
-        label = f"{Path(model).name} ({rs[0].get('method', '?')})"
+        label = f"{names[model]} ({rs[0].get('method', '?')})"
         ax_lat.plot([r["seq_len"] for r in ok], [r["latency_ms"]["median"] / 1000 for r in ok], "o-", label=label)
         mem = {r["seq_len"]: r["peak_rss_mb"] for r in ok}
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(lengths))]

@@ -1,0 +1,26 @@
+"""Report rendering from profile JSON: names that tell models apart."""
+
+from __future__ import annotations
+
+from edgekit.report import display_names, markdown
+
+
+def test_display_names_are_file_names_unless_they_clash():
+    names = display_names(["runs/new/dhsa.onnx", "runs/old/dhsa.onnx", "runs/dense.onnx", "smollm2-135m"])
+    assert names == {"runs/new/dhsa.onnx": "new/dhsa.onnx", "runs/old/dhsa.onnx": "old/dhsa.onnx",
+                     "runs/dense.onnx": "dense.onnx", "smollm2-135m": "smollm2-135m"}
+
+
+def test_display_names_keep_the_whole_path_when_needed():
+    assert display_names(["a/x/m.onnx", "b/x/m.onnx"]) == {"a/x/m.onnx": "a/x/m.onnx", "b/x/m.onnx": "b/x/m.onnx"}
+    assert display_names(["m.onnx", "m.onnx"]) == {"m.onnx": "m.onnx"}  # one model listed twice
+
+
+def test_markdown_rows_tell_same_named_files_apart():
+    result = {"method": "dhsa", "seq_len": 8192, "status": "ok", "latency_ms": {"median": 1.0, "p90": 1.0},
+              "peak_rss_mb": 10.0}
+    report = {"results": [dict(result, model="new/dhsa.onnx"), dict(result, model="old/dhsa.onnx")],
+              "settings": {"baseline": "new/dhsa.onnx"}}
+    text = markdown(report)
+    assert "| new/dhsa.onnx |" in text and "| old/dhsa.onnx |" in text
+    assert text.rstrip().endswith("baseline: new/dhsa.onnx")
