@@ -121,6 +121,31 @@ def chunk_ranks(scores: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1]).expand_as(order))
 
 
+def bound_scores(blocks: torch.Tensor, key: torch.Tensor, member: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """"bound": max over a block's queries (and the group's heads) of a bound on q.k in each chunk.
+
+    max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low: two matmuls.
+    `blocks` (B, Hkv, G, NB, L, D) are the queries, zero-padded to whole blocks; returns (B, Hkv, NB, C).
+    """
+    n_blocks, block_size = blocks.shape[3:5]
+    high, low = chunk_bounds(key, member)
+    bound = (blocks.clamp(min=0) @ high[:, :, None, None].transpose(-1, -2)
+             + blocks.clamp(max=0) @ low[:, :, None, None].transpose(-1, -2))  # (B, Hkv, G, NB, L, C)
+    padding = (torch.arange(n_blocks * block_size) >= seq_len).view(n_blocks, block_size, 1)
+    return bound.masked_fill(padding, float("-inf")).amax(dim=(2, 4))
+
+
+def mean_scores(blocks: torch.Tensor, key: torch.Tensor, member: torch.Tensor, seq_len: int,
+                length_scaled: int) -> torch.Tensor:
+    """"mean" (the paper): the block's mean query . each chunk's representation, (B, Hkv, NB, C)."""
+    n_blocks, block_size = blocks.shape[3:5]
+    member_f = member.to(key.dtype)
+    chunk_rep = (member_f @ key) / _norm(member_f.sum(-1), length_scaled)[..., None]  # (B, Hkv, C, D)
+    block_len = (seq_len - torch.arange(n_blocks) * block_size).clamp(max=block_size)
+    block_rep = blocks.sum(4).mean(2) / _norm(block_len, length_scaled)[:, None]  # (B, Hkv, NB, D)
+    return block_rep @ chunk_rep.transpose(-1, -2)
+
+
 def token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_scaled, chunk_score) -> torch.Tensor:
     """Importance of every key for every query block, (B, Hkv, n_blocks, S)."""
     B, Hq, S, D = query.shape
@@ -131,32 +156,18 @@ def token_scores(query, key, block_size, chunk_size, adaptive_chunks, length_sca
     padded = torch.nn.functional.pad(query, (0, 0, 0, n_blocks * block_size - S))
     blocks = padded.view(B, Hkv, Hq // Hkv, n_blocks, block_size, D)
 
-    # "bound": max over the block's queries (and the group's heads) of a bound on q.k in the chunk;
-    # max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low: two matmuls
-    high, low = chunk_bounds(key, member)
-    bound = (blocks.clamp(min=0) @ high[:, :, None, None].transpose(-1, -2)
-             + blocks.clamp(max=0) @ low[:, :, None, None].transpose(-1, -2))  # (B, Hkv, G, NB, L, C)
-    padding = (torch.arange(n_blocks * block_size) >= S).view(n_blocks, block_size, 1)
-    bound = bound.masked_fill(padding, float("-inf")).amax(dim=(2, 4))  # (B, Hkv, NB, C)
-
-    # "mean" (the paper): the block's mean query . the chunk's representation
-    member_f = member.to(query.dtype)
-    chunk_rep = (member_f @ key) / _norm(member_f.sum(-1), length_scaled)[..., None]  # (B, Hkv, C, D)
-    block_len = (S - torch.arange(n_blocks) * block_size).clamp(max=block_size)
-    block_rep = blocks.sum(4).mean(2) / _norm(block_len, length_scaled)[:, None]  # (B, Hkv, NB, D)
-    mean = block_rep @ chunk_rep.transpose(-1, -2)  # (B, Hkv, NB, C)
-
     if chunk_score == 0:
-        chunk_scores = mean
+        chunk_scores = mean_scores(blocks, key, member, S, length_scaled)
     elif chunk_score == 1:
-        chunk_scores = bound
+        chunk_scores = bound_scores(blocks, key, member, S)
     else:  # "both": interleave the two rankings of the chunks a block can see, the mean's pick first
         last_query = (torch.arange(n_blocks) * block_size + block_size).clamp(max=S) - 1
         can_see = starts[:, :, None, :] <= last_query[:, None]  # (B, Hkv, NB, C)
-        bound_rank = chunk_ranks(bound.masked_fill(~can_see, float("-inf")))
-        mean_rank = chunk_ranks(mean.masked_fill(~can_see, float("-inf")))
+        hidden = ~can_see
+        bound_rank = chunk_ranks(bound_scores(blocks, key, member, S).masked_fill(hidden, float("-inf")))
+        mean_rank = chunk_ranks(mean_scores(blocks, key, member, S, length_scaled).masked_fill(hidden, float("-inf")))
         chunk_scores = -(2 * torch.minimum(bound_rank, mean_rank) + (bound_rank < mean_rank)).to(query.dtype)
-    return chunk_scores @ member_f  # (B, Hkv, NB, S)
+    return chunk_scores @ member.to(query.dtype)  # (B, Hkv, NB, S)
 
 
 def visible_keys(seq_len: int, block_size: int, sliding_window: int) -> torch.Tensor:
@@ -314,7 +325,7 @@ def DHSAAttention(
         chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
         chunk_sum = op.ReduceSum(op.Where(inside, pair, op.CastLike(0.0, query)), three, keepdims=0)
         chunk_rep_t = op.Transpose(chunk_sum / op.Unsqueeze(chunk_norm, last_axis), perm=[0, 1, 3, 2])  # (B, Hkv, D, C)
-        chunk_ranks = op.Unsqueeze(chunk_index, op.Constant(value_ints=[0, 1, 2]))  # (1, 1, 1, C)
+        rank_values = op.Unsqueeze(chunk_index, op.Constant(value_ints=[0, 1, 2]))  # (1, 1, 1, C): 0, 1, 2, ...
 
         padded_len = n_blocks * L
         q_pad = op.Pad(query, op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0))
@@ -365,7 +376,7 @@ def DHSAAttention(
             can_see = op.Unsqueeze(starts, two) <= op.Slice(last_query, lo, hi, zero)  # (B, Hkv, T, C)
             _, by_bound = op.TopK(op.Where(can_see, bound, -big), n_chunks, axis=-1, largest=1, sorted=1)
             _, by_mean = op.TopK(op.Where(can_see, mean, -big), n_chunks, axis=-1, largest=1, sorted=1)
-            ranks = op.Expand(chunk_ranks, op.Shape(by_bound))
+            ranks = op.Expand(rank_values, op.Shape(by_bound))
             bound_rank = op.ScatterElements(by_bound, by_bound, ranks, axis=-1)
             mean_rank = op.ScatterElements(by_mean, by_mean, ranks, axis=-1)
             both = op.Neg(op.CastLike(op.Min(bound_rank, mean_rank) * two
