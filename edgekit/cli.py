@@ -67,7 +67,8 @@ def export(
     block_size: Optional[int] = typer.Option(None, help="DHSA: query tokens per block [128]"),
     chunk_size: Optional[int] = typer.Option(None, help="DHSA: target key-chunk length [64]"),
     fixed_chunks: bool = typer.Option(False, "--fixed-chunks", help="DHSA: fixed-size chunks, not adaptive"),
-    plain_mean: bool = typer.Option(False, "--plain-mean", help="DHSA, chunk scores 0 and 2: chunk mean without sqrt(len) scaling"),
+    plain_mean: bool = typer.Option(False, "--plain-mean",
+                                    help="DHSA, chunk scores 0 and 2: chunk mean without sqrt(len) scaling"),
     chunk_score: Optional[int] = typer.Option(None, help="DHSA: 0 mean query . chunk mean (paper), 1 max-logit "
                                                          "bound, 2 both interleaved [2]"),
     budget_tokens: Optional[int] = typer.Option(None, help="DHSA: keys kept per query block [2048]"),
