@@ -151,16 +151,17 @@ def report_cmd(
 @app.command()
 def ops():
     """List the registered edgekit custom ops and their attributes."""
-    from edgekit.runtime_ops import DOMAIN, DOMAIN_VERSION, all_ops
+    from edgekit.runtime_ops import DOMAIN, all_ops
 
     for op in all_ops():
-        typer.echo(f"{DOMAIN}.{op.name} (opset {DOMAIN}:{DOMAIN_VERSION}) inputs: {', '.join(op.inputs)} "
-                   f"-> {', '.join(op.outputs)}")
+        outputs = ", ".join(f"{o.name}" + (f" ({str(o.dtype).split('.')[-1]})" if o.dtype else "")
+                            for o in op.outputs)
+        typer.echo(f"{DOMAIN}.{op.name} version {op.version}; inputs: {', '.join(op.inputs)} -> {outputs}")
         typer.echo(f"  {op.doc.strip().splitlines()[0]}")
         for a in op.attributes:
             bounds = "".join([f" >= {a.minimum}" if a.minimum is not None else "",
                               f" <= {a.maximum}" if a.maximum is not None else ""])
-            typer.echo(f"  {a.name:<16} {a.kind.__name__:<5} default {a.default!s:<6}{bounds:<12} {a.doc}")
+            typer.echo(f"  {a.name:<16} {a.type_name:<6} default {a.default!s:<6}{bounds:<12} {a.doc}")
 
 
 @app.command()

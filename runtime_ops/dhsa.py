@@ -27,6 +27,9 @@ training-free. Per (batch, KV head):
 4. Attention runs over the kept keys only, causal (and within `sliding_window` if set, with Gemma2's
    logit `softcap` if set). When S <= budget every key is kept: the op equals dense causal attention.
 
+Versions: 1 scored chunks by the mean alone; 2 made the bound the default; 3 (this one) made the
+interleaved ranking (`chunk_score=2`) the default and reduces chunk sums over two key windows.
+
 Inputs: query (B, Hq, S, D) after RoPE, key and value (B, Hkv, S, D) with Hq % Hkv == 0 (GQA).
 Output: (B, Hq, S, D).
 
@@ -47,9 +50,9 @@ from onnxscript.values import Opset
 
 from edgekit.errors import InvalidAttributeError, ShapeError
 
-from .registry import DOMAIN, DOMAIN_VERSION, Attribute, OpDef, register
+from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register
 
-edgekit_opset = Opset(DOMAIN, DOMAIN_VERSION)
+edgekit_opset = Opset(DOMAIN, DOMAIN_OPSET)
 
 ATTRIBUTES = (
     Attribute("block_size", 128, "query tokens that share one key selection", minimum=1),
@@ -226,8 +229,8 @@ def _reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **at
     return dhsa_attention(query, key, value, **attrs)
 
 
-def _output_shape(input_shapes: Sequence[Sequence[int]]) -> Sequence[int]:
-    return input_shapes[0]
+def _output_shapes(input_shapes: Sequence[Sequence[int]], attrs: dict) -> list[Sequence[int]]:
+    return [input_shapes[0]]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -404,16 +407,102 @@ def DHSAAttention(
     return result
 
 
+# ----------------------------------------------------------------------------------------------------
+# Parity-table samples: small attributes, so S of 50..600 runs the sparse path (budget 64 < S).
+
+SMALL = dict(block_size=16, chunk_size=8, budget_tokens=64, sink_tokens=8, local_tokens=16)
+
+
+def _sample(name, B, Hq, Hkv, S, D, atol=1e-5, **attrs) -> Sample:
+    def inputs(seed: int = 0) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return [torch.randn(B, Hq, S, D, generator=g),  # query (B, Hq, S, D)
+                torch.randn(B, Hkv, S, D, generator=g),  # key   (B, Hkv, S, D)
+                torch.randn(B, Hkv, S, D, generator=g)]  # value (B, Hkv, S, D)
+
+    return Sample(name, inputs, {**SMALL, **attrs}, atol)
+
+
+def samples() -> list[Sample]:
+    s = _sample
+    return [
+        # sequence lengths around the block, chunk and budget sizes
+        s("S1", 1, 2, 1, 1, 8),
+        s("S_lt_block", 1, 4, 2, 5, 16),
+        s("S_eq_budget", 1, 4, 2, 64, 16),
+        s("S_budget_plus_1", 1, 4, 2, 65, 16),
+        s("ragged_S150", 1, 4, 2, 150, 16),
+        s("ragged_S257_block32_chunk24", 1, 4, 2, 257, 16, block_size=32, chunk_size=24, budget_tokens=96),
+        s("S600_block32_budget128", 1, 4, 2, 600, 32, block_size=32, chunk_size=16, budget_tokens=128,
+          sink_tokens=16, local_tokens=32),
+        # the ONNX body attends in Loop steps of ~2048 queries: S = 2100 takes two steps, the last one ragged
+        s("two_loop_steps_S2100", 1, 2, 1, 2100, 8, block_size=32, chunk_size=16, budget_tokens=96,
+          sink_tokens=16, local_tokens=32),
+        s("chunk_gt_S", 1, 2, 1, 50, 16, chunk_size=64, block_size=8, budget_tokens=32, sink_tokens=4,
+          local_tokens=8),
+        s("chunk1_block1", 1, 2, 1, 50, 8, chunk_size=1, block_size=1, budget_tokens=32),
+        s("minimal_budget", 1, 4, 2, 120, 16, budget_tokens=40),  # = sink + local + block
+        s("default_attrs_dense_path", 1, 4, 2, 100, 16, block_size=128, chunk_size=64, budget_tokens=2048,
+          sink_tokens=128, local_tokens=128),
+        # grouped-query attention: groups 1, 2, 3, 4; batch 2
+        s("gqa1", 1, 2, 2, 100, 16),
+        s("gqa3", 1, 6, 2, 100, 16),
+        s("gqa4", 1, 4, 1, 100, 16),
+        s("batch2", 2, 4, 2, 130, 16),
+        s("batch2_gqa3", 2, 3, 1, 90, 8),
+        # head dims
+        s("D8", 1, 4, 2, 100, 8),
+        s("D24", 1, 4, 2, 100, 24),
+        s("D64", 1, 4, 2, 100, 64),
+        # Gemma2 features: softcap, sliding window (larger and smaller than local_tokens / block_size)
+        s("softcap", 1, 4, 2, 150, 16, softcap=2.0),
+        s("window40", 1, 4, 2, 150, 16, sliding_window=40),
+        s("window_lt_local", 1, 4, 2, 150, 16, block_size=8, sliding_window=12),
+        s("window_lt_block", 1, 4, 2, 150, 16, sliding_window=10),
+        s("window_softcap_scale", 1, 4, 2, 200, 16, sliding_window=48, softcap=5.0, scale=0.5),
+        s("scale", 1, 4, 2, 100, 16, scale=0.3),
+        # S <= budget: every key is kept (the body's dense branch), with the same Gemma2 features
+        s("full_budget_softcap", 1, 4, 2, 60, 16, softcap=2.0),
+        s("full_budget_window_lt_block", 1, 4, 2, 60, 16, sliding_window=10),
+        s("full_budget_window_softcap_scale", 2, 6, 2, 64, 16, sliding_window=30, softcap=5.0, scale=0.5),
+        # chunking and representation variants
+        s("fixed_chunks", 1, 4, 2, 150, 16, adaptive_chunks=0),
+        s("plain_mean", 1, 4, 2, 150, 16, length_scaled=0),
+        s("fixed_plain_mean", 1, 4, 2, 150, 16, adaptive_chunks=0, length_scaled=0),
+        s("chunk_size_gt_block", 1, 4, 2, 300, 16, chunk_size=40, budget_tokens=120),
+        s("chunk_size_not_dividing_S", 1, 4, 2, 301, 16, chunk_size=13, block_size=20, budget_tokens=90),
+        # chunk_score=0: the paper's mean representations (length-scaled or plain), fixed or adaptive chunks
+        s("mean_score", 1, 4, 2, 150, 16, chunk_score=0),
+        s("mean_score_ragged_gqa3_batch2", 2, 6, 2, 257, 16, chunk_score=0, block_size=32, chunk_size=24,
+          budget_tokens=96),
+        s("mean_score_plain_fixed", 1, 4, 2, 150, 16, chunk_score=0, length_scaled=0, adaptive_chunks=0),
+        s("mean_score_plain_two_steps", 1, 2, 1, 2100, 8, chunk_score=0, length_scaled=0, block_size=32,
+          chunk_size=16, budget_tokens=96, sink_tokens=16, local_tokens=32),
+        s("mean_score_window_softcap", 1, 4, 2, 200, 16, chunk_score=0, sliding_window=48, softcap=5.0),
+        # chunk_score=1: the max-logit bound alone
+        s("bound_score", 1, 4, 2, 150, 16, chunk_score=1),
+        s("bound_score_ragged_gqa3_batch2", 2, 6, 2, 257, 16, chunk_score=1, block_size=32, chunk_size=24,
+          budget_tokens=96),
+        s("bound_score_fixed_two_steps", 1, 2, 1, 2100, 8, chunk_score=1, adaptive_chunks=0, block_size=32,
+          chunk_size=16, budget_tokens=96, sink_tokens=16, local_tokens=32),
+        s("no_sink", 1, 4, 2, 150, 16, sink_tokens=0),
+        s("no_local", 1, 4, 2, 150, 16, local_tokens=0),
+        s("no_sink_no_local", 1, 4, 2, 150, 16, sink_tokens=0, local_tokens=0, budget_tokens=32),
+    ]
+
+
 DHSA = register(
     OpDef(
         name="DHSAAttention",
+        version=3,
         doc=__doc__.split("\n\n")[0],
         inputs=("query", "key", "value"),
-        outputs=("output",),
+        outputs=(Output("output"),),
         attributes=ATTRIBUTES,
         reference=_reference,
         function=DHSAAttention,
-        output_shape=_output_shape,
+        output_shapes=_output_shapes,
+        samples=samples,
         check_attributes=_check_budget,
     )
 )

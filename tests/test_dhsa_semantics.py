@@ -250,7 +250,7 @@ def test_bound_scoring_ignores_the_padding_of_the_last_block():
 def _run_single_op(attrs, q, k, v):
     import onnxruntime as ort
 
-    session = ort.InferenceSession(single_op_model(DHSA, attrs).SerializeToString(),
+    session = ort.InferenceSession(single_op_model(DHSA, attrs, [q, k, v]).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     return session.run(None, {"query": q.numpy(), "key": k.numpy(), "value": v.numpy()})[0]
 
@@ -316,7 +316,7 @@ def test_adaptive_chunks_find_planted_boundaries(boundaries):
         "bool_block", "adaptive2", "chunk_score3", "negative_sink", "negative_window", "negative_softcap"])
 def test_invalid_attribute_is_named(attrs, named):
     q, k, v = qkv(1, 2, 1, 8, 8)
-    for call in (lambda: DHSA(q, k, v, **attrs), lambda: single_op_model(DHSA, attrs), lambda: DHSA.resolve(**attrs)):
+    for call in (lambda: DHSA(q, k, v, **attrs), lambda: single_op_model(DHSA, attrs, [q, k, v]), lambda: DHSA.resolve(**attrs)):
         with pytest.raises(InvalidAttributeError, match=named):
             call()
 

@@ -18,7 +18,7 @@ from edgekit.errors import (EdgekitError, ExportParityError, InvalidAttributeErr
                             UnsupportedModelError)
 from edgekit.exporting import export
 from edgekit.exporters import families, presets
-from edgekit.runtime_ops import DOMAIN, DOMAIN_VERSION
+from edgekit.runtime_ops import DOMAIN, DOMAIN_OPSET, get_op
 from edgekit.session import Session
 
 # small DHSA options so that check_tokens=150 runs the sparse path (budget 64 < 150 tokens)
@@ -118,8 +118,11 @@ def test_graph_structure(exported, family, name, method):
         assert nodes.count((DOMAIN, "DHSAAttention")) == layers
         assert ("", "Attention") not in nodes
         assert [(f.domain, f.name) for f in model.functions] == [(DOMAIN, "DHSAAttention")]
-        assert imports[DOMAIN] == DOMAIN_VERSION
+        assert imports[DOMAIN] == DOMAIN_OPSET
         node = next(n for n in model.graph.node if n.op_type == "DHSAAttention")
+        version = get_op("DHSAAttention").version
+        assert {p.key: p.value for p in node.metadata_props}["edgekit.version"] == str(version)
+        assert json.loads(props["edgekit.ops"]) == {"DHSAAttention": version}
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert {k: attrs[k] for k in DHSA_OPTIONS} == DHSA_OPTIONS
         assert json.loads(props["edgekit.options"])["budget_tokens"] == 64
