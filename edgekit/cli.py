@@ -27,13 +27,14 @@ class _StepProgress:
     """Progress of a long sweep on stderr (stdout holds only results). The bar appears at the first step,
     i.e. after the library has validated the request, so bad input prints nothing but its error line."""
 
-    def __init__(self, total: int):
-        self.total = total
+    def __init__(self, total: int | None):
+        self.total = total  # None: the library says it with the first step
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                             TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err)
         self.task = None
 
-    def __call__(self, label: str, done: int) -> None:
+    def __call__(self, label: str, done: int, total: int | None = None) -> None:
+        self.total = total or self.total
         if self.task is None:
             self.bar.start()
             self.task = self.bar.add_task(label, total=self.total)
@@ -49,21 +50,44 @@ class _StepProgress:
             self.bar.stop()
 
 
-def _seq_lens(text: str) -> list[int]:
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    """'1,64' -> [1, 64]; None stays None (the task's defaults apply)."""
+    if text is None:
+        return None
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise EdgekitError(f"--seq-lens wants comma-separated integers, got '{text}'") from None
+        raise EdgekitError(f"{flag} wants comma-separated integers, got '{text}'") from None
     if not values or min(values) < 1:
-        raise EdgekitError(f"--seq-lens wants positive integers, got '{text}'")
+        raise EdgekitError(f"{flag} wants positive integers, got '{text}'")
     return values
+
+
+def _parse_options(pairs: List[str]) -> dict:
+    """--option key=value (repeatable): any op attribute, typed as JSON when it parses (1, 0.5, [2, 3])."""
+    import json
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EdgekitError(f"--option wants key=value, got '{pair}'")
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = value
+    return options
 
 
 @app.command()
 def export(
     model: str = typer.Argument(..., help="preset name, packaged model, Hugging Face folder or .gguf file"),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write"),
-    method: str = typer.Option("dense", help="dense | dhsa"),
+    method: str = typer.Option("dense", help="the family's methods: see `edgekit models` (dense, dhsa, hilo, ...)"),
+    weights: Optional[Path] = typer.Option(None, help="local checkpoint (.safetensors, or a state-dict .pth) "
+                                                      "loaded into the preset's shape"),
+    option: List[str] = typer.Option([], "--option", "-O", help="op option key=value (repeatable), e.g. "
+                                                                "-O budget_tokens=1024; see `edgekit ops`"),
     block_size: Optional[int] = typer.Option(None, help="DHSA: query tokens per block [128]"),
     chunk_size: Optional[int] = typer.Option(None, help="DHSA: target key-chunk length [64]"),
     fixed_chunks: bool = typer.Option(False, "--fixed-chunks", help="DHSA: fixed-size chunks, not adaptive"),
@@ -74,50 +98,62 @@ def export(
     budget_tokens: Optional[int] = typer.Option(None, help="DHSA: keys kept per query block [2048]"),
     sink_tokens: Optional[int] = typer.Option(None, help="DHSA: first keys always kept [128]"),
     local_tokens: Optional[int] = typer.Option(None, help="DHSA: keys before each block always kept [128]"),
-    check_tokens: int = typer.Option(64, help="prompt length of the ONNX-vs-PyTorch check"),
-    logits_to_keep: int = typer.Option(1, help="emit logits of the last N tokens (N > 1: shape B, N, vocab)"),
+    alpha: Optional[float] = typer.Option(None, help="HiLo: share of heads in the Lo-Fi (global) branch [0.9]"),
+    window: Optional[int] = typer.Option(None, help="HiLo / window / SRA: window (pooling) size [2]"),
+    check_tokens: Optional[int] = typer.Option(None, help="LLMs: prompt length of the ONNX-vs-PyTorch check [64]"),
+    logits_to_keep: Optional[int] = typer.Option(None, help="LLMs: emit logits of the last N tokens "
+                                                            "(N > 1: shape B, N, vocab)"),
 ):
-    """Export a decoder LLM's prefill graph (token ids -> logits, present K/V), checked against PyTorch."""
+    """Export a model (any kind) with the chosen method, checked against PyTorch on every output."""
     from edgekit.exporting import export as run_export
 
-    options = {k: v for k, v in dict(block_size=block_size, chunk_size=chunk_size, budget_tokens=budget_tokens,
-                                     sink_tokens=sink_tokens, local_tokens=local_tokens).items() if v is not None}
+    flags = dict(block_size=block_size, chunk_size=chunk_size, budget_tokens=budget_tokens,
+                 sink_tokens=sink_tokens, local_tokens=local_tokens, chunk_score=chunk_score, alpha=alpha,
+                 window=window, check_tokens=check_tokens, logits_to_keep=logits_to_keep)
+    options = {**_parse_options(option), **{k: v for k, v in flags.items() if v is not None}}
     if fixed_chunks:
         options["adaptive_chunks"] = 0
     if plain_mean:
         options["length_scaled"] = 0
-    if chunk_score is not None:
-        options["chunk_score"] = chunk_score
     with err.status(f"exporting {model} ({method})"):
-        result = run_export(model, str(output), method=method, check_tokens=check_tokens,
-                            logits_to_keep=logits_to_keep, **options)
+        result = run_export(model, str(output), method=method, weights=str(weights) if weights else None,
+                            **options)
     opts = ", ".join(f"{k}={v}" for k, v in result.options.items())
-    typer.echo(f"wrote {result.path} ({result.size_mb:.1f} MB): {result.model}, method {result.method}"
-               + (f" [{opts}]" if opts else ""))
-    typer.echo(f"check: max |ONNX Runtime - PyTorch| logits = {result.max_abs_error:.2e} on {result.check_tokens} "
-               f"tokens (tolerance {result.tolerance:.0e} x max|logit|)")
+    typer.echo(f"wrote {result.path} ({result.size_mb:.1f} MB): {result.model}, {result.task}, method "
+               f"{result.method}" + (f" [{opts}]" if opts else ""))
+    check = ", ".join(f"{k} {v}" for k, v in result.check_workload.items())
+    typer.echo(f"check: max |ONNX Runtime - PyTorch| = {result.max_abs_error:.2e} (worst output "
+               f"'{result.worst_output}', {check}; tolerance {result.tolerance:.0e} x max|output|)")
 
 
 @app.command()
 def profile(
     models: List[str] = typer.Argument(..., help="exported .onnx files, or .gguf files / a packaged model "
                                        "name for llama.cpp; the first is the baseline"),
-    seq_lens: str = typer.Option("1024,4096,8192", help="comma-separated prompt lengths"),
-    repeat: int = typer.Option(3, help="timed runs per length (median and p90 reported)"),
+    seq_lens: Optional[str] = typer.Option(None, help="token models: comma-separated prompt lengths "
+                                                      "[1024,4096,8192]"),
+    image_sizes: Optional[str] = typer.Option(None, help="image models: comma-separated sizes in px [224]"),
+    batch_sizes: Optional[str] = typer.Option(None, help="comma-separated batch sizes [1]"),
+    repeat: int = typer.Option(3, help="timed runs per point (median and p90 reported)"),
     warmup: int = typer.Option(1, help="untimed runs first"),
     ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
-    timeout: Optional[float] = typer.Option(None, help="seconds allowed per model and length"),
+    timeout: Optional[float] = typer.Option(None, help="seconds allowed per model and workload"),
     memory_limit_mb: Optional[float] = typer.Option(None, help="stop a run above this RSS (default 90% of RAM)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
 ):
-    """Prefill latency and peak memory, side by side, with ratios to the first model."""
+    """Latency, throughput and peak memory side by side, with ratios to the first model (any task).
+
+    The models' metadata says their task: token models sweep --seq-lens, image models --image-sizes,
+    every kind --batch-sizes; a policy is timed per step with its recurrent state fed back.
+    """
     from edgekit.profiling import profile as run_profile
 
-    lengths = _seq_lens(seq_lens)
-    with _StepProgress(len(models) * len(lengths)) as step:
-        results = run_profile(models, lengths, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
+    axes = dict(seq_lens=_int_list(seq_lens, "--seq-lens"), image_sizes=_int_list(image_sizes, "--image-sizes"),
+                batch_sizes=_int_list(batch_sizes, "--batch-sizes"))
+    with _StepProgress(None) as step:
+        results = run_profile(models, **axes, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
                               timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step)
     _emit(results, json_out, plot_out)
 
@@ -166,13 +202,15 @@ def ops():
 
 @app.command()
 def models():
-    """List the model families, built-in presets and packaged real models."""
-    from edgekit.exporters import families
+    """List the model families by task, with their methods and presets, and the packaged real models."""
+    from edgekit.exporters import families, tasks
     from edgekit.exporters.sources import PACKAGED
 
-    for family in families():
-        typer.echo(f"{family.__name__}: architectures {', '.join(family.architectures)}; "
-                   f"presets {', '.join(family.presets) or '-'}")
+    for task in tasks():
+        typer.echo(f"{task}:")
+        for family in families(task):
+            typer.echo(f"  {family.__name__} ({family.kind}): methods {', '.join(family.methods)}; "
+                       f"presets {', '.join(family.presets) or '-'}; architectures {', '.join(family.architectures)}")
     for name, (dist, file, hint) in PACKAGED.items():
         typer.echo(f"{name}: real weights from {dist} ({file}); install: {hint}")
 
@@ -182,7 +220,7 @@ def providers():
     """List execution-provider profiles and whether this onnxruntime build can run them."""
     import onnxruntime as ort
 
-    from edgekit.session import available_profiles, load_profile
+    from edgekit.ep_profiles import available_profiles, load_profile
 
     available = ort.get_available_providers()
     for name in available_profiles():
@@ -203,7 +241,7 @@ def demo(
     from edgekit.exporting import export as run_export
     from edgekit.profiling import profile as run_profile
 
-    lengths = _seq_lens(seq_lens)
+    lengths = _int_list(seq_lens, "--seq-lens")
     paths = []
     for method, options in (("dense", {}), ("dhsa", {"budget_tokens": budget_tokens})):
         path = output_dir / f"{Path(model).name}-{method}.onnx"
@@ -223,7 +261,7 @@ def gguf_cmd(
 ):
     """Write a model's exact weights as an f32 GGUF: the llama.cpp baseline for `edgekit profile`."""
     from edgekit.exporters.sources import load
-    from edgekit.llamacpp import write_gguf
+    from edgekit.exporters.llm.gguf_writer import write_gguf
 
     with err.status(f"writing {model} as GGUF"):
         _, hf_model, name = load(model)

@@ -46,3 +46,7 @@ class ExecutionProviderError(EdgekitError):
 
 class ProfileError(EdgekitError):
     """A profiling request cannot run (bad sequence lengths, no models, ...)."""
+
+
+class EdgekitWarning(UserWarning):
+    """Valid but doubtful input (a prompt past the trained context, ...); the CLI prints it as one line."""

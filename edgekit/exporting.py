@@ -1,86 +1,93 @@
-"""`export`: model spec -> checked ONNX prefill graph on disk (dense or with an edgekit op)."""
+"""`export`: model spec -> checked ONNX file on disk, for every model kind (dense or with an edgekit op).
+
+One path for all kinds: the family says what the graph takes and returns (`interface`), builds the torch
+module (`prepare`), and names the workload of the check; ONNX Runtime must then match PyTorch on every
+output before the file is written. The interface goes into the file's metadata, where `Session`,
+`profile` and `quantize` read it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import onnx
 import torch
 
-from edgekit.errors import EdgekitError, ExportParityError
+from edgekit.errors import ExportParityError
 from edgekit.exporters import sources
-from edgekit.exporters.causal_lm import METHODS
 from edgekit.files import atomic_output
-from edgekit.runtime_ops import get_op
+from edgekit.interface import Interface
 from edgekit.runtime_ops.attach import attach_functions
-
-# DHSA attributes a user sets; the model itself supplies scale, softcap and sliding_window.
-DHSA_USER_OPTIONS = ("block_size", "chunk_size", "adaptive_chunks", "length_scaled", "chunk_score", "budget_tokens",
-                     "sink_tokens", "local_tokens")
-DEFAULT_TOLERANCE = 1e-3  # relative to max |logit|: fp32 ONNX vs fp32 PyTorch
+from edgekit.tasks import get_task
 
 
 @dataclasses.dataclass
 class ExportResult:
     path: str
     model: str
+    task: str
     method: str
     options: dict
-    check_tokens: int
-    max_abs_error: float
+    check_workload: dict
+    max_abs_error: float  # the worst output's, relative to nothing: see `tolerance`
+    worst_output: str
     tolerance: float
     size_mb: float
 
-
-def dhsa_options(**options) -> dict:
-    """Validate user-set DHSA options now, before any slow model loading."""
-    unknown = sorted(set(options) - set(DHSA_USER_OPTIONS))
-    if unknown:
-        raise EdgekitError(f"unknown DHSA option {', '.join(unknown)}; known: {', '.join(DHSA_USER_OPTIONS)}")
-    resolved = get_op("DHSAAttention").resolve(**options)
-    return {k: resolved[k] for k in DHSA_USER_OPTIONS}
+    @property
+    def check_tokens(self) -> int | None:
+        return self.check_workload.get("seq_len")
 
 
-def export(model: str, output: str, method: str = "dense", check_tokens: int = 64,
-           tolerance: float = DEFAULT_TOLERANCE, seed: int = 0, logits_to_keep: int = 1,
-           loaded: tuple | None = None, **options) -> ExportResult:
-    """Export a decoder LLM's prefill graph and check it against PyTorch before writing it.
+def export(model: str, output: str, method: str = "dense", *, weights: str | None = None,
+           tolerance: float | None = None, seed: int = 0, loaded: tuple | None = None,
+           **options) -> ExportResult:
+    """Export a model's graph with the chosen method and check it against PyTorch before writing it.
 
-    `loaded` reuses a `sources.load(model)` result: exporting one real model several ways loads it once.
+    `options` are the method's op options (e.g. DHSA's budget_tokens, HiLo's alpha) and the family's graph
+    options (an LLM's logits_to_keep and check_tokens). `loaded` reuses a `sources.load(model)` result:
+    exporting one real model several ways loads it once.
     """
-    if method not in METHODS:
-        raise EdgekitError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    if method == "dense" and options:
-        raise EdgekitError(f"options {', '.join(options)} only apply to --method dhsa")
-    if check_tokens < logits_to_keep or logits_to_keep < 1:
-        raise EdgekitError("need 1 <= logits_to_keep <= check_tokens")
-    options = dhsa_options(**options) if method == "dhsa" else {}
-    family, torch_model, name = loaded or sources.load(model)
-    proto = attach_functions(family.to_onnx(torch_model, method, options, logits_to_keep))
-    onnx.helper.set_model_props(proto, {"edgekit.model": name, "edgekit.method": method,
-                                        "edgekit.options": json.dumps(options)})
-    graph = family.prepare(torch_model, method, options, logits_to_keep)
-    error = check_parity(proto, graph, torch_model.config.vocab_size,
-                         check_tokens, tolerance, seed)
+    if loaded is None and model in sources.presets():  # bad options fail before the model is built
+        family = sources.presets()[model][0]
+        family.check_workload(**family.split_options(method, options)[1])
+    family, torch_model, name = loaded or sources.load(model, weights=weights)
+    op_options, graph_options = family.split_options(method, options)
+    workload = family.check_workload(**graph_options)
+    interface = dataclasses.replace(family.interface(torch_model, **graph_options), method=method,
+                                    options=op_options, model=name, family=family.__name__)
+    graph = family.prepare(torch_model, method, op_options, **graph_options)
+    example = interface.example_inputs(get_task(family.task).sizes(workload), seed)
+    proto = attach_functions(family.to_onnx(graph, interface, example))
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        **interface.to_metadata()})
+    limit = family.tolerance if tolerance is None else tolerance
+    worst, error = check_parity(proto, graph, interface, example, limit)
     with atomic_output(output) as tmp:
         onnx.save(proto, tmp)
-    size_mb = proto.ByteSize() / 1e6
-    return ExportResult(str(output), name, method, options, check_tokens, error, tolerance, size_mb)
+    return ExportResult(str(output), name, family.task, method, op_options, workload, error, worst, limit,
+                        proto.ByteSize() / 1e6)
 
 
-def check_parity(proto: onnx.ModelProto, graph: torch.nn.Module, vocab: int, tokens: int,
-                 tolerance: float, seed: int) -> float:
-    """Max |ONNX Runtime - PyTorch| of the last-token logits on a seeded random prompt."""
+def check_parity(proto: onnx.ModelProto, graph: torch.nn.Module, interface: Interface,
+                 example: dict[str, np.ndarray], tolerance: float) -> tuple[str, float]:
+    """Every output of ONNX Runtime vs PyTorch on the example: |diff| <= tolerance * max(1, max |torch|).
+
+    Returns the output with the largest relative error and its max |diff|.
+    """
     from edgekit.session import Session
 
-    ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        expected = graph(ids)[0].numpy()
-    got = Session(proto, ep="cpu").run({"input_ids": ids.numpy()}, outputs=["logits"])["logits"]
-    error = float(np.abs(got - expected).max())
-    limit = tolerance * max(1.0, float(np.abs(expected).max()))
-    if not error <= limit:
-        raise ExportParityError("logits", error, limit)
-    return error
+        expected = graph(*(torch.from_numpy(example[s.name]) for s in interface.inputs))
+    expected = [t.numpy() for t in (expected if isinstance(expected, (tuple, list)) else (expected,))]
+    got = Session(proto, ep="cpu").run(example)
+    worst, worst_ratio, worst_error = "", -1.0, 0.0
+    for spec, want in zip(interface.outputs, expected):
+        error = float(np.abs(got[spec.name].astype(np.float64) - want).max()) if want.size else 0.0
+        limit = tolerance * max(1.0, float(np.abs(want).max()) if want.size else 0.0)
+        if not error <= limit:
+            raise ExportParityError(spec.name, error, limit)
+        if error / limit > worst_ratio:
+            worst, worst_ratio, worst_error = spec.name, error / limit, error
+    return worst, worst_error

@@ -166,7 +166,7 @@ def passkey(models: Sequence[str], lengths: Sequence[int], depths: Sequence[floa
 def check_request(models, lengths, depths, trials: int, ep: str = "cpu",
                   tokenizer: str = DEFAULT_TOKENIZER) -> list[str]:
     """Fail on bad input before any long run; returns each model's edgekit method."""
-    from edgekit.session import load_profile
+    from edgekit.ep_profiles import load_profile
 
     _check_values(models, lengths, depths, trials)
     load_profile(ep).providers()

@@ -1,4 +1,6 @@
-"""One profiling measurement in a fresh process: `python -m edgekit.profile_worker MODEL SEQ_LEN ...`.
+"""One profiling measurement in a fresh process: `python -m edgekit.profile_worker MODEL WORKLOAD ...`.
+
+WORKLOAD is a JSON object such as '{"seq_len": 4096}' or '{"image_size": 448, "batch_size": 64}'.
 
 A fresh process per (model, length) makes the RSS high-water mark belong to that run alone. Prints one
 JSON object on stdout. A watchdog thread stops the process before it exhausts the machine's memory.
@@ -21,14 +23,22 @@ import psutil
 OOM_EXIT = 3
 
 
-def _watchdog(limit_bytes: int, model: str, seq_len: int) -> None:
+def _watchdog(limit_bytes: int, base: dict) -> None:
     proc = psutil.Process()
     while True:
         if proc.memory_info().rss > limit_bytes:
-            print(json.dumps({"model": model, "seq_len": seq_len, "status": "oom",
+            print(json.dumps({**base, "status": "oom",
                               "error": f"RSS passed the {limit_bytes / 1e6:.0f} MB limit"}), flush=True)
             os._exit(OOM_EXIT)
         time.sleep(0.01)
+
+
+def row_base(model: str, workload: dict) -> dict:
+    """The fields every result row has, whatever its status (seq_len kept for token workloads)."""
+    base = {"model": model, "workload": workload}
+    if "seq_len" in workload:
+        base["seq_len"] = workload["seq_len"]
+    return base
 
 
 def _reset_peak_rss() -> bool:
@@ -52,40 +62,44 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; includes loading
 
 
-def measure(model: str, seq_len: int, repeat: int, warmup: int, ep: str, threads: int | None,
+def measure(model: str, workload: dict, repeat: int, warmup: int, ep: str, threads: int | None,
             seed: int) -> dict:
     from edgekit.runners import runner_for
 
-    runner = runner_for(model, ep=ep, threads=threads, context=seq_len)
+    runner = runner_for(model, ep=ep, threads=threads, context=workload.get("seq_len", 0))
     loaded = psutil.Process().memory_info().rss
     exact_peak = _reset_peak_rss()
-    tokens = np.random.default_rng(seed).integers(0, runner.vocab_size, size=seq_len, dtype=np.int64)
+    feeds = runner.feeds(workload, seed)
     for _ in range(warmup):
-        runner.prefill(tokens)
+        feeds = runner.step(feeds)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        runner.prefill(tokens)
+        feeds = runner.step(feeds)
         times.append((time.perf_counter() - start) * 1000)
-    return {
-        "model": model,
+    median = statistics.median(times)
+    items_per_s = runner.task.items(workload) / (median / 1000)
+    row = {
+        **row_base(model, workload),
+        "task": runner.task.name,
         "method": runner.method,
-        "seq_len": seq_len,
         "status": "ok",
-        "latency_ms": {"median": statistics.median(times), "p90": float(np.percentile(times, 90)),
-                       "min": min(times), "runs": times},
+        "latency_ms": {"median": median, "p90": float(np.percentile(times, 90)), "min": min(times), "runs": times},
         "peak_rss_mb": (_peak_rss_bytes() - loaded) / 1e6,
         "loaded_rss_mb": loaded / 1e6,
         "peak_source": "VmHWM reset after loading" if exact_peak else "ru_maxrss (includes loading)",
-        "tokens_per_s": seq_len / (statistics.median(times) / 1000),
+        "throughput": {"value": items_per_s, "unit": runner.task.unit},
         "runner": runner.describe(),
     }
+    if runner.task.unit == "tokens/s":
+        row["tokens_per_s"] = items_per_s
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
-    parser.add_argument("seq_len", type=int)
+    parser.add_argument("workload", type=json.loads)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--ep", default="cpu")
@@ -94,20 +108,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-limit-mb", type=float, default=None)
     args = parser.parse_args(argv)
     limit = args.memory_limit_mb * 1e6 if args.memory_limit_mb else psutil.virtual_memory().total * 0.9
-    threading.Thread(target=_watchdog, args=(int(limit), args.model, args.seq_len), daemon=True).start()
+    base = row_base(args.model, args.workload)
+    threading.Thread(target=_watchdog, args=(int(limit), base), daemon=True).start()
     from edgekit.errors import EdgekitError
 
     try:
-        result = measure(args.model, args.seq_len, args.repeat, args.warmup, args.ep, args.threads, args.seed)
+        result = measure(args.model, args.workload, args.repeat, args.warmup, args.ep, args.threads, args.seed)
     except MemoryError:
-        result = {"model": args.model, "seq_len": args.seq_len, "status": "oom", "error": "MemoryError"}
+        result = {**base, "status": "oom", "error": "MemoryError"}
     except EdgekitError as exc:
-        result = {"model": args.model, "seq_len": args.seq_len, "status": "error", "error": str(exc)}
-    except Exception as exc:  # a failed length is recorded and the sweep goes on
+        result = {**base, "status": "error", "error": str(exc)}
+    except Exception as exc:  # a failed point is recorded and the sweep goes on
         text = str(exc).strip().splitlines()
         status = "oom" if "bad_alloc" in str(exc) or "Failed to allocate" in str(exc) else "error"
-        result = {"model": args.model, "seq_len": args.seq_len, "status": status,
-                  "error": (text[0] if text else type(exc).__name__)[:300]}
+        result = {**base, "status": status, "error": (text[0] if text else type(exc).__name__)[:300]}
     print(json.dumps(result), flush=True)
     return 0
 

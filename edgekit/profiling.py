@@ -13,33 +13,68 @@ from typing import Callable, Sequence
 
 import psutil
 
+from edgekit.ep_profiles import load_profile
 from edgekit.errors import ModelLoadError, ProfileError
-from edgekit.session import load_profile
+from edgekit.interface import TASK
+from edgekit.profile_worker import row_base
+from edgekit.tasks import describe, get_task
 
-Progress = Callable[[str, int], None]  # (what runs now, how many are done)
+Progress = Callable[[str, int, int], None]  # (what runs now, how many are done, how many in all)
 
 
-def profile(models: Sequence[str], seq_lens: Sequence[int], repeat: int = 3, warmup: int = 1,
-            ep: str = "cpu", threads: int | None = None, timeout_s: float | None = None,
-            memory_limit_mb: float | None = None, on_step: Progress | None = None) -> dict:
-    """Measure every (model, length); the first model is the baseline the ratios refer to.
+def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
+            image_sizes: Sequence[int] | None = None, batch_sizes: Sequence[int] | None = None,
+            repeat: int = 3, warmup: int = 1, ep: str = "cpu", threads: int | None = None,
+            timeout_s: float | None = None, memory_limit_mb: float | None = None,
+            on_step: Progress | None = None) -> dict:
+    """Measure every (model, workload); the first model is the baseline the ratios refer to.
 
-    A length that runs out of memory, fails or times out is recorded with its status; the sweep goes on.
+    The models' task (from their metadata) says which axes apply: `seq_lens` for token models,
+    `image_sizes` for image models, `batch_sizes` for every kind. A point that runs out of memory, fails
+    or times out is recorded with its status; the sweep goes on.
     """
-    models = check_request(models, seq_lens, repeat, warmup, ep)
+    models = check_request(models, seq_lens or [1], repeat, warmup, ep)
+    task = get_task(common_task(models))
+    workloads = task.workloads(seq_len=seq_lens, image_size=image_sizes, batch_size=batch_sizes)
     results = []
-    for seq_len in seq_lens:  # length-major: models at one length run close together in time
+    for workload in workloads:  # workload-major: models at one workload run close together in time
         for model in models:
             if on_step:
-                on_step(f"{Path(model).name} @ {seq_len}", len(results))
-            results.append(_measure_in_subprocess(model, seq_len, repeat, warmup, ep, threads, timeout_s,
+                on_step(f"{Path(model).name} @ {describe(workload)}", len(results), len(workloads) * len(models))
+            results.append(_measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s,
                                                   memory_limit_mb))
-    results.sort(key=lambda r: models.index(r["model"]))  # stable: grouped by model, lengths in order
+    results.sort(key=lambda r: models.index(r["model"]))  # stable: grouped by model, workloads in order
+    for row in results:
+        row.setdefault("task", task.name)
     add_ratios(results, baseline=models[0])
-    return {"results": results, "environment": environment(ep, threads),
-            "settings": {"repeat": repeat, "warmup": warmup, "seq_lens": list(seq_lens),
-                         "baseline": models[0], "memory": "RSS high-water mark above the loaded model, "
-                                                           "fresh process per model and length"}}
+    settings = {"repeat": repeat, "warmup": warmup, "task": task.name, "workloads": workloads,
+                "baseline": models[0],
+                "memory": "RSS high-water mark above the loaded model, fresh process per model and workload"}
+    if "seq_len" in task.axes:
+        settings["seq_lens"] = sorted({w["seq_len"] for w in workloads})
+    return {"results": results, "environment": environment(ep, threads), "settings": settings}
+
+
+def model_task(path: str) -> str:
+    """The task an .onnx file declares (a .gguf is an LLM); a file edgekit did not export is an error."""
+    if Path(path).suffix == ".gguf":
+        return "text-generation"
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    if TASK not in meta:
+        raise ProfileError(f"{path} was not exported by edgekit (its metadata has no {TASK}): "
+                           "export it with `edgekit export`")
+    return meta[TASK]
+
+
+def common_task(models: Sequence[str]) -> str:
+    """Models profiled side by side must do the same task: the baseline's ratios need equal workloads."""
+    tasks = {m: model_task(m) for m in models}
+    if len(set(tasks.values())) > 1:
+        listing = ", ".join(f"{Path(m).name}: {t}" for m, t in tasks.items())
+        raise ProfileError(f"models of different tasks cannot be profiled side by side ({listing})")
+    return next(iter(tasks.values()))
 
 
 def _model_file(model: str) -> str:
@@ -82,14 +117,14 @@ def _check_onnx_file(path: str) -> None:
         raise ModelLoadError(f"{path} is not a readable ONNX model: {first}") from None
 
 
-def _measure_in_subprocess(model, seq_len, repeat, warmup, ep, threads, timeout_s, memory_limit_mb) -> dict:
-    cmd = [sys.executable, "-m", "edgekit.profile_worker", model, str(seq_len), "--repeat", str(repeat),
+def _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s, memory_limit_mb) -> dict:
+    cmd = [sys.executable, "-m", "edgekit.profile_worker", model, json.dumps(workload), "--repeat", str(repeat),
            "--warmup", str(warmup), "--ep", ep]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     if memory_limit_mb is not None:
         cmd += ["--memory-limit-mb", str(memory_limit_mb)]
-    base = {"model": model, "seq_len": seq_len}
+    base = row_base(model, workload)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -105,9 +140,10 @@ def _measure_in_subprocess(model, seq_len, repeat, warmup, ep, threads, timeout_
 
 def add_ratios(results: list[dict], baseline: str) -> None:
     """speedup = baseline median / median; memory_ratio = peak / baseline peak (same length)."""
-    base = {r["seq_len"]: r for r in results if r["model"] == baseline and r["status"] == "ok"}
+    key = lambda r: json.dumps(r["workload"], sort_keys=True)  # noqa: E731
+    base = {key(r): r for r in results if r["model"] == baseline and r["status"] == "ok"}
     for r in results:
-        ref = base.get(r["seq_len"])
+        ref = base.get(key(r))
         if r["status"] != "ok" or ref is None:
             r["speedup_vs_baseline"] = r["memory_ratio_vs_baseline"] = None
             continue

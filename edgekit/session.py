@@ -1,96 +1,39 @@
-"""`Session`: run any exported edgekit model (edgekit ops included) on an execution-provider profile."""
+"""`Session`: run any exported edgekit model (edgekit ops included) on an execution-provider profile.
+
+The model's interface (task, typed inputs and outputs) comes from its metadata, so the same class runs
+an LLM prefill, an image backbone or a policy step, and checks what it is fed before ONNX Runtime does.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.resources
 import os
-import tomllib
+import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgekit.errors import ExecutionProviderError, ModelLoadError, ShapeError, first_line
+from edgekit.ep_profiles import load_profile
+from edgekit.errors import EdgekitWarning, ModelLoadError, ShapeError, first_line
+from edgekit.interface import Interface, TensorSpec
 
-_OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-_EXEC_MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
-
-
-@dataclasses.dataclass(frozen=True)
-class Profile:
-    """An execution-provider profile from profiles/<name>.toml."""
-
-    name: str
-    provider: str
-    description: str = ""
-    fallback: tuple[str, ...] = ()
-    session: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    provider_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    def session_options(self, threads: int | None = None) -> ort.SessionOptions:
-        cfg = dict(self.session)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = _OPT_LEVELS[cfg.get("graph_optimization_level", "all")]
-        so.intra_op_num_threads = int(threads if threads is not None else cfg.get("intra_op_num_threads", 0))
-        so.inter_op_num_threads = int(cfg.get("inter_op_num_threads", 1))
-        so.execution_mode = _EXEC_MODES[cfg.get("execution_mode", "sequential")]
-        so.enable_cpu_mem_arena = bool(cfg.get("enable_cpu_mem_arena", True))
-        so.enable_mem_pattern = bool(cfg.get("enable_mem_pattern", True))
-        so.log_severity_level = 3  # errors only: warnings would drown the CLI's output
-        return so
-
-    def providers(self) -> list:
-        available = ort.get_available_providers()
-        if self.provider not in available:
-            raise ExecutionProviderError(
-                f"execution provider '{self.name}' ({self.provider}) is not available in this onnxruntime "
-                f"build; available: {', '.join(available)}"
-            )
-        return [(self.provider, dict(self.provider_options))] + [p for p in self.fallback if p in available]
-
-
-def profiles_dir() -> Path:
-    return Path(os.environ.get("EDGEKIT_PROFILES", importlib.resources.files("edgekit.profiles")))
-
-
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in profiles_dir().glob("*.toml"))
-
-
-def load_profile(name: str) -> Profile:
-    """Read profiles/<name>.toml; an unknown name lists the known ones."""
-    path = profiles_dir() / f"{name}.toml"
-    if not path.is_file():
-        raise ExecutionProviderError(
-            f"unknown execution-provider profile '{name}'; known: {', '.join(available_profiles())}"
-        )
-    data = tomllib.loads(path.read_text())
-    return Profile(
-        name=data.get("name", name),
-        provider=data["provider"],
-        description=data.get("description", ""),
-        fallback=tuple(data.get("fallback", ())),
-        session=data.get("session", {}),
-        provider_options=data.get("provider_options", {}),
-    )
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+               "tensor(int32)": "int32", "tensor(bool)": "bool", "tensor(double)": "float64"}
 
 
 class Session:
     """An ONNX Runtime session on an edgekit profile, with one-line errors for bad models and inputs.
 
     >>> s = Session("model.onnx", ep="cpu")
+    >>> s.inputs          # [TensorSpec(name='input_ids', dtype='int64', dims=('batch', 'sequence'), ...)]
     >>> logits = s.run({"input_ids": ids})["logits"]
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, ep: str = "cpu", threads: int | None = None):
+        if threads is not None and threads < 1:
+            raise ShapeError(f"threads must be >= 1, got {threads}")
         self.profile = load_profile(ep)
         options = self.profile.session_options(threads)
         providers = self.profile.providers()
@@ -99,6 +42,30 @@ class Session:
             self._session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:
             raise ModelLoadError(f"ONNX Runtime cannot load {_name(model)}: {first_line(exc)}") from None
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.interface: Interface | None = Interface.from_metadata(meta)  # None: not exported by edgekit
+        self.metadata: dict[str, str] = dict(meta)
+
+    @property
+    def task(self) -> str | None:
+        return self.interface.task if self.interface else None
+
+    @property
+    def method(self) -> str:
+        return self.interface.method if self.interface else "onnx"
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """Names, dims (symbolic axes by name) and dtypes of the inputs, with valid ranges where declared."""
+        if self.interface:
+            return list(self.interface.inputs)
+        return [_spec_of(arg) for arg in self._session.get_inputs()]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        if self.interface:
+            return list(self.interface.outputs)
+        return [_spec_of(arg) for arg in self._session.get_outputs()]
 
     @property
     def input_names(self) -> list[str]:
@@ -112,17 +79,53 @@ class Session:
     def providers(self) -> list[str]:
         return self._session.get_providers()
 
-    def run(self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Run the model; returns {output name: array}. Wrong names or shapes raise ShapeError."""
-        missing = sorted(set(self.input_names) - set(feeds))
-        if missing:
-            raise ShapeError(f"missing model input(s): {', '.join(missing)}")
+    def run(self, feeds: Mapping[str, np.ndarray] | np.ndarray,
+            outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model; returns {output name: array}. Wrong names, dtypes, shapes or ranges raise ShapeError.
+
+        A model with one input also takes the bare array.
+        """
+        feeds = self._checked_feeds(feeds)
         names = outputs or self.output_names
+        unknown = sorted(set(names) - set(self.output_names))
+        if unknown:
+            raise ShapeError(f"unknown model output(s): {', '.join(unknown)}; outputs: {', '.join(self.output_names)}")
         try:
-            values = self._session.run(names, dict(feeds))
+            values = self._session.run(names, feeds)
         except Exception as exc:
             raise ShapeError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
         return dict(zip(names, values))
+
+    def _checked_feeds(self, feeds) -> dict[str, np.ndarray]:
+        if isinstance(feeds, np.ndarray) and len(self.input_names) == 1:
+            feeds = {self.input_names[0]: feeds}
+        if not isinstance(feeds, Mapping):
+            raise ShapeError(f"feeds must be a dict of input name -> numpy array (inputs: "
+                             f"{', '.join(self.input_names)}), got {type(feeds).__name__}")
+        missing = sorted(set(self.input_names) - set(feeds))
+        extra = sorted(set(feeds) - set(self.input_names))
+        if missing or extra:
+            what = "missing model input(s): " + ", ".join(missing) if missing else \
+                "unknown model input(s): " + ", ".join(extra)
+            raise ShapeError(f"{what}; inputs: {', '.join(self.input_names)}")
+        checked = {s.name: s.validate(feeds[s.name]) for s in self.inputs}
+        self._warn_over_limits(checked)
+        return checked
+
+    def _warn_over_limits(self, feeds: dict[str, np.ndarray]) -> None:
+        if not self.interface or not self.interface.limits:
+            return
+        sizes = {d: n for s in self.interface.inputs for d, n in zip(s.dims, feeds[s.name].shape)
+                 if isinstance(d, str)}
+        over = self.interface.over_limits(sizes)
+        if over:
+            warnings.warn(f"{'; '.join(over)}: past what the model was trained for (results may degrade)",
+                          EdgekitWarning, stacklevel=3)
+
+
+def _spec_of(arg) -> TensorSpec:
+    dims = tuple(d if isinstance(d, int) else str(d) for d in (arg.shape or []))
+    return TensorSpec(arg.name, _ORT_DTYPES.get(arg.type, arg.type), dims)
 
 
 def _checked_path(model: str | os.PathLike) -> str:

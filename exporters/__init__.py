@@ -1,6 +1,6 @@
-"""Exporters, one module per model family, registered by Hugging Face architecture name."""
+"""Exporters: one sub-package per model kind, one module per family, registered by architecture name."""
 
-from . import gemma2, llama, qwen2  # noqa: F401  (register the families)
-from .registry import families, family_for, presets
+from . import llm  # noqa: F401  (registers the families of each kind)
+from .registry import families, family_for, presets, tasks
 
-__all__ = ["families", "family_for", "presets"]
+__all__ = ["families", "family_for", "presets", "tasks"]

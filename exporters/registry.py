@@ -1,4 +1,4 @@
-"""Model families, registered by Hugging Face architecture name (one class per family)."""
+"""Model families, registered by architecture name (one class per family, one module per family)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ _FAMILIES: dict[str, type] = {}
 
 
 def register(*architectures: str):
-    """Class decorator: route these Hugging Face architectures (and their model_type) to a family."""
+    """Class decorator: route these architecture names (and the family's model_type, if any) to a family."""
 
     def wrap(cls):
-        for name in (*architectures, cls.model_type):
+        for name in (*architectures, *([cls.model_type] if cls.model_type else [])):
             if name in _FAMILIES:
                 raise ValueError(f"architecture {name} is registered twice")
             _FAMILIES[name] = cls
@@ -21,8 +21,13 @@ def register(*architectures: str):
     return wrap
 
 
-def families() -> list[type]:
-    return list(dict.fromkeys(_FAMILIES.values()))
+def families(task: str | None = None) -> list[type]:
+    found = list(dict.fromkeys(_FAMILIES.values()))
+    return [f for f in found if task is None or f.task == task]
+
+
+def tasks() -> list[str]:
+    return list(dict.fromkeys(f.task for f in families()))
 
 
 def family_for(architecture: str) -> type:
@@ -33,7 +38,7 @@ def family_for(architecture: str) -> type:
         supported = ", ".join(a for f in families() for a in f.architectures)
         raise UnsupportedModelError(
             f"no exporter for architecture '{architecture}'; supported: {supported}. "
-            "Add a module to exporters/ registering it"
+            "Add a module to exporters/<kind>/ registering it"
         ) from None
 
 

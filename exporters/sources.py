@@ -1,4 +1,5 @@
-"""Where a model comes from: a built-in preset, a local Hugging Face folder, or a local GGUF file.
+"""Where a model comes from: a built-in preset (optionally with a local weights file), a local Hugging
+Face folder, or a local GGUF file.
 
 Nothing here downloads: every path is local, and presets are built from configs with seeded weights.
 """
@@ -38,11 +39,21 @@ def describe_sources() -> str:
     return f"a preset ({', '.join(presets())}), {', '.join(PACKAGED)}, a Hugging Face folder or a .gguf file"
 
 
-def load(spec: str):
-    """Resolve a model spec to (family, model in fp32 eval mode, display name)."""
+def load(spec: str, weights: str | None = None):
+    """Resolve a model spec to (family, model in fp32 eval mode, display name).
+
+    `weights` (a local checkpoint) fills a preset's shape with trained weights, for families that map one.
+    """
+    if weights is not None and spec not in presets():
+        raise ModelLoadError(f"--weights needs a preset name as the model (the shape to load into), got '{spec}'")
     if spec in presets():
         family, _ = presets()[spec]
-        return family, family.from_preset(spec), spec
+        model = family.from_preset(spec)
+        if weights is not None:
+            if not Path(weights).is_file():
+                raise ModelLoadError(f"weights file not found: {weights}")
+            family.load_weights(model, weights)
+        return family, model, spec if weights is None else f"{spec}+{Path(weights).name}"
     if spec in PACKAGED:
         return _load_gguf(packaged_path(spec), name=spec)
     path = Path(spec)
@@ -56,7 +67,7 @@ def load(spec: str):
 
 
 def _load_folder(path: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
@@ -65,11 +76,7 @@ def _load_folder(path: Path):
     except Exception as exc:  # transformers raises many types for a bad config
         raise ModelLoadError(f"cannot read {path / 'config.json'}: {first_line(exc)}") from None
     family = family_for((config.architectures or [config.model_type])[0])
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load weights from {path}: {first_line(exc)}") from None
-    return family, model.eval(), path.name
+    return family, family.from_folder(path), path.name
 
 
 def gguf_architecture(path: Path) -> str:

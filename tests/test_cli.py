@@ -269,15 +269,60 @@ def test_session_runs(session):
     assert session.input_names == ["input_ids"] and session.output_names[0] == "logits"
 
 
+def test_session_describes_the_interface(session):
+    assert session.task == "text-generation" and session.method == "dense"
+    (ids,) = session.inputs
+    assert (ids.name, ids.dtype, ids.dims, ids.low, ids.high) == ("input_ids", "int64", ("batch", "sequence"), 0, 512)
+    assert [(o.name, o.dims) for o in session.outputs[:2]] == [("logits", ("batch", 512)),
+                                                               ("present.0.key", ("batch", 2, "sequence", 16))]
+
+
+def test_session_takes_a_bare_array_and_casts_int32(session):
+    ids = np.arange(12)[None]
+    expected = session.run({"input_ids": ids})["logits"]
+    np.testing.assert_array_equal(session.run(ids)["logits"], expected)
+    np.testing.assert_array_equal(session.run({"input_ids": ids.astype(np.int32)})["logits"], expected)
+
+
 @pytest.mark.parametrize("feeds, named", [
-    ({}, "input_ids"),
-    ({"ids": np.zeros((1, 4), np.int64)}, "input_ids"),
-    ({"input_ids": np.zeros((1, 4), np.float32)}, "rejected"),
-    ({"input_ids": np.zeros((4,), np.int64)}, "rejected"),
-], ids=["missing", "misnamed", "wrong_dtype", "wrong_rank"])
+    ({}, "missing model input.*input_ids"),
+    ({"ids": np.zeros((1, 4), np.int64)}, "missing model input.*input_ids"),
+    ({"input_ids": np.zeros((1, 4), np.int64), "extra": np.zeros(1)}, "unknown model input.*extra"),
+    ({"input_ids": np.zeros((1, 4), np.float32)}, "'input_ids' must hold integers"),
+    ({"input_ids": np.zeros((4,), np.int64)}, "'input_ids' must have 2 dims"),
+    ({"input_ids": np.array([[1, -1, 2]])}, "'input_ids' values must be >= 0, got -1"),
+    ({"input_ids": np.array([[1, 512]])}, "'input_ids' values must be < 512, got 512"),
+    ([[1, 2, 3]], "feeds must be a dict"),
+    ("input_ids", "feeds must be a dict"),
+], ids=["missing", "misnamed", "extra", "wrong_dtype", "wrong_rank", "negative_id", "id_past_vocab", "list",
+        "string"])
 def test_session_bad_inputs_raise_shape_error(session, feeds, named):
     with pytest.raises(ShapeError, match=named):
         session.run(feeds)
+
+
+def test_session_warns_past_the_trained_context(exported, tmp_path):
+    from edgekit.errors import EdgekitWarning
+
+    session = Session(exported["dense"][1])
+    limit = session.interface.limits["sequence"]
+    assert limit == 32768  # llama-tiny's max_position_embeddings
+    short = np.zeros((1, 8), np.int64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        session.run(short)  # no warning inside the limit
+    object.__setattr__(session.interface, "limits", {"sequence": 4})
+    with pytest.warns(EdgekitWarning, match="sequence 8 > 4"):
+        session.run(short)
+
+
+def test_session_rejects_unknown_outputs_and_threads(session, exported):
+    with pytest.raises(ShapeError, match="unknown model output.*nope"):
+        session.run(np.zeros((1, 4), np.int64), outputs=["nope"])
+    with pytest.raises(ShapeError, match="threads must be >= 1"):
+        Session(exported["dense"][1], threads=-3)
 
 
 def test_session_load_errors(exported, bad_inputs):

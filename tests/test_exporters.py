@@ -51,8 +51,8 @@ def exported(tmp_path_factory):
 
 def torch_logits(family, name, method, ids: torch.Tensor, logits_to_keep: int = 1) -> np.ndarray:
     """Logits of the PyTorch prefill graph the export was made from (same seeded weights)."""
-    graph = family.prepare(family.from_preset(name), method, export_module.dhsa_options(**METHOD_OPTIONS[method])
-                           if method == "dhsa" else {}, logits_to_keep)
+    options = family.split_options(method, METHOD_OPTIONS[method])[0]
+    graph = family.prepare(family.from_preset(name), method, options, logits_to_keep=logits_to_keep)
     with torch.no_grad():
         return graph(ids)[0].numpy()
 
@@ -146,7 +146,7 @@ def test_swapped_attention_matches_hugging_face_eager(monkeypatch, family, name,
     ids = torch.randint(0, family.presets[name]["vocab_size"], (1, 60), generator=torch.Generator().manual_seed(0))
     eager = family.from_preset(name)
     eager.set_attn_implementation("eager")
-    options = export_module.dhsa_options(**METHOD_OPTIONS[method]) if method == "dhsa" else {}
+    options = family.split_options(method, METHOD_OPTIONS[method])[0]
     graph = family.prepare(family.from_preset(name), method, options, logits_to_keep=60)
     with torch.no_grad():
         expected = eager(input_ids=ids).logits
@@ -247,7 +247,7 @@ def test_unsupported_architecture(gpt2_folder, tmp_path):
     (dict(bogus=1), EdgekitError, "bogus"),
 ], ids=["budget0", "block0", "budget_lt_forced", "float_chunk", "model_owned_softcap", "unknown"])
 def test_impossible_dhsa_options_fail_before_loading(monkeypatch, tmp_path, options, error, named):
-    def no_loading(spec):
+    def no_loading(spec, **kwargs):
         raise AssertionError("the model was loaded before the options were checked")
 
     monkeypatch.setattr(export_module.sources, "load", no_loading)
@@ -263,7 +263,7 @@ def test_impossible_dhsa_options_fail_before_loading(monkeypatch, tmp_path, opti
     (dict(check_tokens=2, logits_to_keep=4), "logits_to_keep"),
 ], ids=["unknown_method", "dense_with_options", "keep0", "keep_gt_check"])
 def test_bad_export_arguments(monkeypatch, tmp_path, kwargs, named):
-    monkeypatch.setattr(export_module.sources, "load", lambda spec: pytest.fail("loaded the model"))
+    monkeypatch.setattr(export_module.sources, "load", lambda spec, **kwargs: pytest.fail("loaded the model"))
     with pytest.raises(EdgekitError, match=named):
         export("llama-tiny", str(tmp_path / "out" / "m.onnx"), **kwargs)
     _assert_nothing_written(tmp_path / "out")
@@ -290,7 +290,7 @@ def test_parity_check_catches_a_wrong_graph(fast_export, monkeypatch, tmp_path):
     """A graph whose weights differ from PyTorch's must fail the check, whatever the tolerance slack."""
     family, _ = presets()["llama-tiny"]
     monkeypatch.setattr(export_module.sources, "load",
-                        lambda spec: (family, family.from_preset(spec, seed=1), spec))
+                        lambda spec, **kwargs: (family, family.from_preset(spec, seed=1), spec))
     with pytest.raises(ExportParityError):
         fast_export("llama-tiny", str(tmp_path / "out" / "m.onnx"), check_tokens=8)
     _assert_nothing_written(tmp_path / "out")

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from edgekit import llamacpp
 from edgekit.errors import EdgekitError, ModelLoadError, ShapeError, UnsupportedModelError
 from edgekit.exporters.sources import load
-from edgekit.llamacpp import LlamaCppRunner, rope_interleave, write_gguf
+from edgekit.exporters.llm.gguf_writer import rope_interleave, write_gguf
+from edgekit.llamacpp import LlamaCppRunner
 
 # llama.cpp keeps the KV cache in f16 and sums in another order: measured max |diff| <= 3.5e-4 x max|logit|
 LOGIT_TOLERANCE = 2e-3  # x max |PyTorch logit|

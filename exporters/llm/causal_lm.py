@@ -1,4 +1,4 @@
-"""Decoder-LLM prefill export shared by every causal-LM family.
+"""Decoder-LLM prefill (task `text-generation`), shared by every causal-LM family.
 
 The attention of a Hugging Face model is swapped through transformers' `AttentionInterface`:
 `edgekit_dense` runs ONNX `Attention` (opset 23, ONNX Runtime's fused kernel: the strongest dense
@@ -10,19 +10,21 @@ its TorchScript path cannot emit custom-domain nodes the way `torch.onnx.ops` do
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from typing import ClassVar
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 
+from edgekit.errors import EdgekitError, ModelLoadError, first_line
+from edgekit.interface import Interface, TensorSpec
 from edgekit.runtime_ops import get_op
 
-METHODS = ("dense", "dhsa")
+from ..family import Family, Method
+
+# DHSA attributes a user sets; the model itself supplies scale, softcap and sliding_window.
+DHSA_USER_OPTIONS = ("block_size", "chunk_size", "adaptive_chunks", "length_scaled", "chunk_score", "budget_tokens",
+                     "sink_tokens", "local_tokens")
 
 
 def _no_mask(*args, **kwargs):
@@ -98,13 +100,18 @@ class PrefillGraph(torch.nn.Module):
         return (logits, *present)
 
 
-class CausalLMFamily:
-    """Base of every decoder-LLM family: subclasses declare data, the base class runs the export."""
+class CausalLMFamily(Family):
+    """Base of every decoder-LLM family: subclasses declare data (config class, presets)."""
 
-    model_type: ClassVar[str]
+    task = "text-generation"
+    kind = "llm"
+    methods = {
+        "dense": Method("dense", doc="ONNX Attention (opset 23): ONNX Runtime's fused kernel"),
+        "dhsa": Method("dhsa", op="DHSAAttention", options=DHSA_USER_OPTIONS,
+                       doc="edgekit::DHSAAttention: dynamic hierarchical sparse attention for long prefill"),
+    }
+    graph_options = ("logits_to_keep", "check_tokens")
     config_class: ClassVar[type]
-    presets: ClassVar[dict[str, dict]] = {}
-    architectures: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0) -> PreTrainedModel:
@@ -116,54 +123,41 @@ class CausalLMFamily:
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
     @classmethod
-    def output_names(cls, model: PreTrainedModel) -> list[str]:
-        layers = model.config.num_hidden_layers
-        return ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    def from_folder(cls, path) -> PreTrainedModel:
+        """A local Hugging Face folder (config.json + safetensors), in fp32."""
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load weights from {path}: {first_line(exc)}") from None
+        return model.eval()
 
     @classmethod
-    def prepare(cls, model: PreTrainedModel, method: str, dhsa_options: dict,
-                logits_to_keep: int = 1) -> PrefillGraph:
+    def interface(cls, model: PreTrainedModel, logits_to_keep: int = 1, **_) -> Interface:
+        config = model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        logits_dims = ("batch", config.vocab_size) if logits_to_keep == 1 else \
+            ("batch", logits_to_keep, config.vocab_size)
+        kv = ("batch", config.num_key_value_heads, "sequence", head_dim)
+        outputs = [TensorSpec("logits", "float32", logits_dims, doc="last-token logits")]
+        outputs += [TensorSpec(f"present.{i}.{kv_name}", "float32", kv)
+                    for i in range(config.num_hidden_layers) for kv_name in ("key", "value")]
+        ids = TensorSpec("input_ids", "int64", ("batch", "sequence"), low=0, high=config.vocab_size,
+                         doc="token ids")
+        limits = {"sequence": config.max_position_embeddings} if getattr(config, "max_position_embeddings", 0) else {}
+        return Interface(task=cls.task, method="", inputs=(ids,), outputs=tuple(outputs), limits=limits)
+
+    @classmethod
+    def prepare(cls, model: PreTrainedModel, method: str, options: dict, logits_to_keep: int = 1,
+                **_) -> PrefillGraph:
         """Swap in the chosen attention and wrap the model as a prefill graph."""
-        model.config.edgekit_dhsa = dict(dhsa_options)
+        model.config.edgekit_dhsa = dict(options)
         model.set_attn_implementation(f"edgekit_{method}")
         return PrefillGraph(model.eval(), logits_to_keep)
 
     @classmethod
-    def to_onnx(cls, model: PreTrainedModel, method: str, dhsa_options: dict, logits_to_keep: int = 1,
-                example_tokens: int = 32):
-        """Export the prefill graph with torch's dynamo exporter; returns an onnx.ModelProto."""
-        graph = cls.prepare(model, method, dhsa_options, logits_to_keep)
-        ids = torch.randint(0, model.config.vocab_size, (1, example_tokens))
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                graph,
-                (ids,),
-                input_names=["input_ids"],
-                output_names=cls.output_names(model),
-                dynamic_shapes={"input_ids": {0: "batch", 1: "sequence"}},
-                opset_version=23,
-                dynamo=True,
-                verbose=False,
-            )
-        return declare_batch(program.model_proto, model.config.num_key_value_heads)
-
-
-def declare_batch(proto, kv_heads: int):
-    """Every output's first dim is the input's batch; present K/V have `kv_heads` heads.
-
-    torch's exporter can record batch 1 in some intermediate shapes (Gemma2's scaled embedding), and ONNX
-    Runtime then warns on every batch > 1 run. The interface is declared here; the intermediate
-    `value_info` is dropped and ONNX Runtime infers it when it loads the model.
-    """
-    batch = proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
-    del proto.graph.value_info[:]
-    for output in proto.graph.output:
-        dims = output.type.tensor_type.shape.dim
-        dims[0].Clear()
-        dims[0].dim_param = batch
-        if output.name.startswith("present."):
-            dims[1].Clear()
-            dims[1].dim_value = kv_heads
-    return proto
+    def check_workload(cls, check_tokens: int = 64, logits_to_keep: int = 1, **_) -> dict[str, int]:
+        if not 1 <= logits_to_keep <= check_tokens:
+            raise EdgekitError("need 1 <= logits_to_keep <= check_tokens")
+        return {"seq_len": check_tokens, "batch_size": 1}

@@ -3,7 +3,7 @@
 from transformers import LlamaConfig
 
 from .causal_lm import CausalLMFamily
-from .registry import register
+from ..registry import register
 
 
 @register("LlamaForCausalLM")

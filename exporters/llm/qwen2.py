@@ -3,7 +3,7 @@
 from transformers import Qwen2Config
 
 from .causal_lm import CausalLMFamily
-from .registry import register
+from ..registry import register
 
 
 @register("Qwen2ForCausalLM")

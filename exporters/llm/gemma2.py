@@ -7,7 +7,7 @@ family needs no hooks: the dense export masks the window, DHSA gets them as op a
 from transformers import Gemma2Config
 
 from .causal_lm import CausalLMFamily
-from .registry import register
+from ..registry import register
 
 
 @register("Gemma2ForCausalLM")

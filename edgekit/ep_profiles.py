@@ -1,0 +1,104 @@
+"""Execution-provider profiles: profiles/<name>.toml, validated when loaded (pydantic).
+
+An unknown key or a bad value is an error that names itself, so a typo in a CI device profile cannot
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import onnxruntime as ort
+import pydantic
+
+from edgekit.errors import ExecutionProviderError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_EXEC_MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+
+
+class SessionSettings(pydantic.BaseModel):
+    """ONNX Runtime session options a profile may set."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    intra_op_num_threads: int = pydantic.Field(0, ge=0)  # 0: ONNX Runtime picks one per physical core
+    inter_op_num_threads: int = pydantic.Field(1, ge=0)
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+    enable_cpu_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+
+
+class Profile(pydantic.BaseModel):
+    """An execution-provider profile from profiles/<name>.toml."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    provider: str
+    description: str = ""
+    fallback: tuple[str, ...] = ()
+    session: SessionSettings = SessionSettings()
+    provider_options: dict[str, Any] = {}
+
+    def session_options(self, threads: int | None = None) -> ort.SessionOptions:
+        cfg = self.session
+        so = ort.SessionOptions()
+        so.graph_optimization_level = _OPT_LEVELS[cfg.graph_optimization_level]
+        so.intra_op_num_threads = int(threads if threads is not None else cfg.intra_op_num_threads)
+        so.inter_op_num_threads = cfg.inter_op_num_threads
+        so.execution_mode = _EXEC_MODES[cfg.execution_mode]
+        so.enable_cpu_mem_arena = cfg.enable_cpu_mem_arena
+        so.enable_mem_pattern = cfg.enable_mem_pattern
+        so.log_severity_level = 3  # errors only: warnings would drown the CLI's output
+        return so
+
+    def providers(self) -> list:
+        available = ort.get_available_providers()
+        if self.provider not in available:
+            raise ExecutionProviderError(
+                f"execution provider '{self.name}' ({self.provider}) is not available in this onnxruntime "
+                f"build; available: {', '.join(available)}"
+            )
+        return [(self.provider, dict(self.provider_options))] + [p for p in self.fallback if p in available]
+
+
+def profiles_dir() -> Path:
+    return Path(os.environ.get("EDGEKIT_PROFILES", importlib.resources.files("edgekit.profiles")))
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.toml"))
+
+
+def load_profile(name: str) -> Profile:
+    """Read and validate profiles/<name>.toml; an unknown name lists the known ones."""
+    path = profiles_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise ExecutionProviderError(
+            f"unknown execution-provider profile '{name}'; known: {', '.join(available_profiles())}"
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+        return Profile(**{"name": name, **data})
+    except tomllib.TOMLDecodeError as exc:
+        raise ExecutionProviderError(f"{path}: not valid TOML: {exc}") from None
+    except pydantic.ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(map(str, problem["loc"]))
+        raise ExecutionProviderError(f"{path}: '{where}': {problem['msg']}") from None

@@ -1,0 +1,126 @@
+"""A model's interface as data: typed input/output specs that the ONNX file carries in its metadata.
+
+The exporter writes them; `Session`, `profile` and `quantize` read them back instead of assuming token
+ids, so one mechanism serves every model kind. Torch-free: runtime code imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from edgekit.errors import ShapeError
+
+Dim = int | str  # a fixed size, or the name of a symbolic axis ("batch", "sequence", "height", ...)
+
+# metadata keys every edgekit model carries
+TASK, METHOD, OPTIONS, MODEL, FAMILY = "edgekit.task", "edgekit.method", "edgekit.options", "edgekit.model", \
+    "edgekit.family"
+INPUTS, OUTPUTS, RECURRENT, LIMITS = "edgekit.inputs", "edgekit.outputs", "edgekit.recurrent", "edgekit.limits"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: name, dtype, dims; integer inputs also declare their valid range [low, high)."""
+
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64", ...
+    dims: tuple[Dim, ...]
+    low: int | None = None
+    high: int | None = None
+    doc: str = ""
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "TensorSpec":
+        return cls(**{**data, "dims": tuple(data["dims"])})
+
+    def shape_for(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """Concrete shape, with every symbolic axis taken from `sizes`."""
+        missing = [d for d in self.dims if isinstance(d, str) and d not in sizes]
+        if missing:
+            raise ShapeError(f"input '{self.name}' needs a size for axis {', '.join(missing)}")
+        return tuple(d if isinstance(d, int) else int(sizes[d]) for d in self.dims)
+
+    def synthesize(self, sizes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
+        """A seeded example: integers uniform in [low, high), floats standard normal."""
+        shape = self.shape_for(sizes)
+        if np.issubdtype(np.dtype(self.dtype), np.integer):
+            return rng.integers(self.low or 0, self.high or 2, size=shape, dtype=self.dtype)
+        return rng.standard_normal(shape).astype(self.dtype)
+
+    def validate(self, value: np.ndarray) -> np.ndarray:
+        """The value as this input's dtype; wrong rank, fixed dims or out-of-range integers raise ShapeError."""
+        if not isinstance(value, np.ndarray):
+            raise ShapeError(f"input '{self.name}' must be a numpy array, got {type(value).__name__}")
+        if value.ndim != len(self.dims):
+            raise ShapeError(f"input '{self.name}' must have {len(self.dims)} dims {list(self.dims)}, "
+                             f"got shape {list(value.shape)}")
+        for axis, (want, got) in enumerate(zip(self.dims, value.shape)):
+            if isinstance(want, int) and want != got:
+                raise ShapeError(f"input '{self.name}' dim {axis} must be {want}, got shape {list(value.shape)}")
+        return self._cast(value)
+
+    def _cast(self, value: np.ndarray) -> np.ndarray:
+        want = np.dtype(self.dtype)
+        if np.issubdtype(want, np.integer):
+            if not np.issubdtype(value.dtype, np.integer):
+                raise ShapeError(f"input '{self.name}' must hold integers, got {value.dtype}")
+            if value.size and self.low is not None and int(value.min()) < self.low:
+                raise ShapeError(f"input '{self.name}' values must be >= {self.low}, got {int(value.min())}")
+            if value.size and self.high is not None and int(value.max()) >= self.high:
+                raise ShapeError(f"input '{self.name}' values must be < {self.high}, got {int(value.max())}")
+        elif not np.issubdtype(value.dtype, np.floating):
+            raise ShapeError(f"input '{self.name}' must hold floats, got {value.dtype}")
+        return value.astype(want, copy=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Interface:
+    """What an exported file declares: task, method, options, inputs, outputs, recurrent pairs, limits."""
+
+    task: str
+    method: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    options: Mapping = dataclasses.field(default_factory=dict)
+    model: str = ""
+    family: str = ""
+    recurrent: Mapping[str, str] = dataclasses.field(default_factory=dict)  # output name -> input it feeds
+    limits: Mapping[str, int] = dataclasses.field(default_factory=dict)  # axis -> largest size that is valid
+
+    def to_metadata(self) -> dict[str, str]:
+        return {TASK: self.task, METHOD: self.method, OPTIONS: json.dumps(dict(self.options)),
+                MODEL: self.model, FAMILY: self.family,
+                INPUTS: json.dumps([s.to_json() for s in self.inputs]),
+                OUTPUTS: json.dumps([s.to_json() for s in self.outputs]),
+                RECURRENT: json.dumps(dict(self.recurrent)), LIMITS: json.dumps(dict(self.limits))}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> "Interface | None":
+        """None for a file edgekit did not export (no task / inputs in its metadata)."""
+        if TASK not in meta or INPUTS not in meta:
+            return None
+        specs = lambda key: tuple(TensorSpec.from_json(s) for s in json.loads(meta.get(key, "[]")))  # noqa: E731
+        return cls(task=meta[TASK], method=meta.get(METHOD, "?"), inputs=specs(INPUTS), outputs=specs(OUTPUTS),
+                   options=json.loads(meta.get(OPTIONS, "{}")), model=meta.get(MODEL, ""),
+                   family=meta.get(FAMILY, ""), recurrent=json.loads(meta.get(RECURRENT, "{}")),
+                   limits=json.loads(meta.get(LIMITS, "{}")))
+
+    def example_inputs(self, sizes: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        return {s.name: s.synthesize(sizes, rng) for s in self.inputs}
+
+    def over_limits(self, sizes: Mapping[str, int]) -> list[str]:
+        """Axes whose size passes what the model was trained for (e.g. max_position_embeddings)."""
+        return [f"{axis} {sizes[axis]} > {limit}" for axis, limit in self.limits.items()
+                if axis in sizes and sizes[axis] > limit]
+
+
+def specs_by_name(specs: Sequence[TensorSpec]) -> dict[str, TensorSpec]:
+    return {s.name: s for s in specs}

@@ -1,0 +1,74 @@
+"""Tasks: what a model kind computes, and the workload axes a profile sweeps for it.
+
+A workload is a small dict such as {"seq_len": 4096, "batch_size": 1} or {"image_size": 448,
+"batch_size": 64}. The task turns it into sizes for the symbolic axes of the model's inputs
+(`edgekit.interface.TensorSpec.dims`) and says what one run produces (tokens, images, policy steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Mapping, Sequence
+
+from edgekit.errors import ProfileError
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    axes: Mapping[str, tuple[str, ...]]  # workload key -> the symbolic input axes it sizes
+    defaults: Mapping[str, tuple[int, ...]]  # workload key -> values a sweep uses when none are given
+    unit: str  # throughput unit
+    counted: tuple[str, ...]  # workload keys whose product is the number of units one run produces
+    doc: str = ""
+
+    def sizes(self, workload: Mapping[str, int]) -> dict[str, int]:
+        return {axis: int(workload[key]) for key, axes in self.axes.items() for axis in axes if key in workload}
+
+    def items(self, workload: Mapping[str, int]) -> int:
+        return math.prod(int(workload[k]) for k in self.counted)
+
+    def workloads(self, **values: Sequence[int] | None) -> list[dict[str, int]]:
+        """Every combination of the given axis values (defaults for the others), in sweep order.
+
+        An axis this task does not have is an error, so `--image-sizes` on an LLM says so.
+        """
+        foreign = [k for k, v in values.items() if v and k not in self.axes]
+        if foreign:
+            flags = ", ".join("--" + k.replace("_", "-") + "s" for k in foreign)
+            raise ProfileError(f"{flags} does not apply to {self.name} models (axes: "
+                               f"{', '.join(self.axes)})")
+        grid = {k: tuple(values.get(k) or self.defaults[k]) for k in self.axes}
+        for key, vals in grid.items():
+            if not vals or min(vals) < 1:
+                raise ProfileError(f"{key} values must be positive integers, got {list(vals)}")
+        return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+
+TASKS = {t.name: t for t in (
+    Task("text-generation", {"seq_len": ("sequence",), "batch_size": ("batch",)},
+         {"seq_len": (1024, 4096, 8192), "batch_size": (1,)}, "tokens/s", ("batch_size", "seq_len"),
+         "decoder LLM prefill: token ids -> last-token logits and the present key/value cache"),
+    Task("image-classification", {"image_size": ("height", "width"), "batch_size": ("batch",)},
+         {"image_size": (224,), "batch_size": (1,)}, "images/s", ("batch_size",),
+         "image backbone with a classification head: images -> class logits"),
+    Task("embodied-policy", {"batch_size": ("batch",)}, {"batch_size": (1,)}, "steps/s", ("batch_size",),
+         "one policy step: observation + recurrent state -> action logits, value, new state"),
+)}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ProfileError(f"unknown task '{name}'; known: {', '.join(TASKS)}") from None
+
+
+def describe(workload: Mapping[str, int]) -> str:
+    """A short label such as '4096 tokens' or '448 px, batch 64' for progress bars and messages."""
+    labels = {"seq_len": "{} tokens", "image_size": "{} px", "batch_size": "batch {}"}
+    parts = [labels.get(k, k + " {}").format(v) for k, v in workload.items()
+             if not (k == "batch_size" and v == 1 and len(workload) > 1)]
+    return ", ".join(parts)

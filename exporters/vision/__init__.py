@@ -1,0 +1,1 @@
+"""Image backbones (task `image-classification`): one module per family."""
