@@ -103,6 +103,8 @@ def export(
     check_tokens: Optional[int] = typer.Option(None, help="LLMs: prompt length of the ONNX-vs-PyTorch check [64]"),
     logits_to_keep: Optional[int] = typer.Option(None, help="LLMs: emit logits of the last N tokens "
                                                             "(N > 1: shape B, N, vocab)"),
+    atol: Optional[float] = typer.Option(None, help="export check: max |ONNX Runtime - PyTorch| allowed, "
+                                                    "times max(1, max |output|) [the family's, 1e-3]"),
 ):
     """Export a model (any kind) with the chosen method, checked against PyTorch on every output."""
     from edgekit.exporting import export as run_export
@@ -117,7 +119,7 @@ def export(
         options["length_scaled"] = 0
     with err.status(f"exporting {model} ({method})"):
         result = run_export(model, str(output), method=method, weights=str(weights) if weights else None,
-                            **options)
+                            tolerance=atol, **options)
     opts = ", ".join(f"{k}={v}" for k, v in result.options.items())
     typer.echo(f"wrote {result.path} ({result.size_mb:.1f} MB): {result.model}, {result.task}, method "
                f"{result.method}" + (f" [{opts}]" if opts else ""))

@@ -14,11 +14,12 @@ import numpy as np
 import onnx
 import torch
 
-from edgekit.errors import ExportParityError
+from edgekit.errors import EdgekitError, ExportParityError
 from edgekit.exporters import sources
 from edgekit.files import atomic_output
 from edgekit.interface import Interface
-from edgekit.runtime_ops.attach import attach_functions
+from edgekit.runtime_ops import DOMAIN
+from edgekit.runtime_ops.attach import all_nodes, attach_functions
 from edgekit.tasks import get_task
 
 
@@ -49,6 +50,8 @@ def export(model: str, output: str, method: str = "dense", *, weights: str | Non
     options (an LLM's logits_to_keep and check_tokens). `loaded` reuses a `sources.load(model)` result:
     exporting one real model several ways loads it once.
     """
+    if tolerance is not None and not tolerance > 0:
+        raise EdgekitError(f"the check tolerance (--atol) must be > 0, got {tolerance}")
     if loaded is None and model in sources.presets():  # bad options fail before the model is built
         family = sources.presets()[model][0]
         family.check_workload(**family.split_options(method, options)[1])
@@ -64,10 +67,38 @@ def export(model: str, output: str, method: str = "dense", *, weights: str | Non
                                         **interface.to_metadata()})
     limit = family.tolerance if tolerance is None else tolerance
     worst, error = check_parity(proto, graph, interface, example, limit)
+    check_other_paths(family, torch_model, method, op_options, graph_options, proto, interface, limit, seed)
     with atomic_output(output) as tmp:
         onnx.save(proto, tmp)
     return ExportResult(str(output), name, family.task, method, op_options, workload, error, worst, limit,
                         proto.ByteSize() / 1e6)
+
+
+def check_other_paths(family, torch_model, method: str, op_options: dict, graph_options: dict,
+                      proto: onnx.ModelProto, interface: Interface, tolerance: float, seed: int) -> None:
+    """Check the written graph's other paths too: the same file with shrunken op attributes, on a workload
+    that takes the op's data-dependent branch (a 64-token check never reaches DHSA's sparse selection)."""
+    chosen = family.method(method)
+    if not chosen.path_check_options:
+        return
+    options = {**op_options, **chosen.path_check_options}
+    variant = with_op_attributes(proto, chosen.op, chosen.path_check_options)
+    graph = family.prepare(torch_model, method, options, **graph_options)
+    example = interface.example_inputs(get_task(family.task).sizes(chosen.path_check_workload), seed)
+    check_parity(variant, graph, interface, example, tolerance)
+    family.prepare(torch_model, method, op_options, **graph_options)  # leave the model as exported
+
+
+def with_op_attributes(proto: onnx.ModelProto, op_name: str, attrs: dict) -> onnx.ModelProto:
+    """A copy of the model whose `op_name` nodes (anywhere) carry `attrs` instead."""
+    variant = onnx.ModelProto()
+    variant.CopyFrom(proto)
+    for node in all_nodes(variant):
+        if node.domain == DOMAIN and node.op_type == op_name:
+            kept = [a for a in node.attribute if a.name not in attrs]
+            del node.attribute[:]
+            node.attribute.extend(kept + [onnx.helper.make_attribute(k, v) for k, v in attrs.items()])
+    return variant
 
 
 def check_parity(proto: onnx.ModelProto, graph: torch.nn.Module, interface: Interface,

@@ -33,6 +33,10 @@ class Method:
     options: tuple[str, ...] = ()  # op attributes a user may set
     fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # op attributes the method pins
     doc: str = ""
+    # A second export check for ops with data-dependent paths: the same graph with these op attributes,
+    # on this workload, runs the path a short check prompt would never reach (DHSA's sparse selection).
+    path_check_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    path_check_workload: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def resolve(self, options: Mapping[str, Any]) -> dict:
         """Validate user options (all of them among `self.options`) against the op's schema."""

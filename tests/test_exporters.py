@@ -312,3 +312,19 @@ def test_fast_export_writes_the_file(fast_export, tmp_path):
     result = fast_export("llama-tiny", str(tmp_path / "out" / "m.onnx"), check_tokens=8)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["m.onnx"]
     assert result.max_abs_error <= result.tolerance
+
+
+def test_export_check_runs_the_sparse_path(monkeypatch, tmp_path):
+    """The check must reach DHSA's sparse selection, not only its dense branch (S <= budget). If the
+    checked file kept its 2048-token budget, ONNX Runtime would attend densely to the 160-token path check
+    while PyTorch selects keys, and the check must fail: proof that the sparse path is compared."""
+    monkeypatch.setattr(export_module, "with_op_attributes", lambda proto, op, attrs: proto)
+    with pytest.raises(ExportParityError):
+        export("llama-tiny", str(tmp_path / "out" / "m.onnx"), method="dhsa")
+    _assert_nothing_written(tmp_path / "out")
+
+
+def test_export_check_covers_every_output_at_batch_2(exported):
+    result, _ = exported("llama-tiny", "dense")
+    assert result.check_workload == {"seq_len": CHECK_TOKENS, "batch_size": 2}
+    assert result.worst_output == "logits" or result.worst_output.startswith("present.")

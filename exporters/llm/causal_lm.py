@@ -108,7 +108,10 @@ class CausalLMFamily(Family):
     methods = {
         "dense": Method("dense", doc="ONNX Attention (opset 23): ONNX Runtime's fused kernel"),
         "dhsa": Method("dhsa", op="DHSAAttention", options=DHSA_USER_OPTIONS,
-                       doc="edgekit::DHSAAttention: dynamic hierarchical sparse attention for long prefill"),
+                       doc="edgekit::DHSAAttention: dynamic hierarchical sparse attention for long prefill",
+                       path_check_options=dict(block_size=16, chunk_size=8, budget_tokens=64, sink_tokens=8,
+                                               local_tokens=16),
+                       path_check_workload={"seq_len": 160, "batch_size": 2}),
     }
     graph_options = ("logits_to_keep", "check_tokens")
     config_class: ClassVar[type]
@@ -160,4 +163,4 @@ class CausalLMFamily(Family):
     def check_workload(cls, check_tokens: int = 64, logits_to_keep: int = 1, **_) -> dict[str, int]:
         if not 1 <= logits_to_keep <= check_tokens:
             raise EdgekitError("need 1 <= logits_to_keep <= check_tokens")
-        return {"seq_len": check_tokens, "batch_size": 1}
+        return {"seq_len": check_tokens, "batch_size": 2}
