@@ -8,12 +8,13 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable, Sequence
 
 import psutil
 
-from edgekit.errors import ModelLoadError, ProfileError
+from edgekit.errors import ModelLoadError, ProfileError, first_line
 from edgekit.session import load_profile
 
 Progress = Callable[[str, int], None]  # (what runs now, how many are done)
@@ -61,25 +62,51 @@ def _check_request(models, seq_lens, repeat, warmup) -> None:
     if not models:
         raise ProfileError("no models to profile")
     for model in models:
-        if not Path(model).is_file():
-            raise ProfileError(f"model file not found: {model}")
-        if Path(model).suffix == ".onnx":
-            _check_onnx_file(model)
+        _check_model_file(model)
     if not seq_lens or any(n < 1 for n in seq_lens):
         raise ProfileError(f"sequence lengths must be positive integers, got {list(seq_lens)}")
-    if repeat < 1 or warmup < 0:
-        raise ProfileError("need repeat >= 1 and warmup >= 0")
+    check_settings(repeat=repeat, warmup=warmup)
+
+
+# setting -> (holds, what it must be); None always passes (the default applies)
+_SETTINGS = {"repeat": (lambda v: v >= 1, ">= 1"), "warmup": (lambda v: v >= 0, ">= 0"),
+             "trials": (lambda v: v >= 1, ">= 1"), "threads": (lambda v: v >= 1, ">= 1"),
+             "timeout": (lambda v: v > 0, "> 0"), "memory_limit_mb": (lambda v: v > 0, "> 0")}
+
+
+def check_settings(**settings) -> None:
+    """A setting that cannot work fails by name before any run (threads=-3 would reach ONNX Runtime)."""
+    for name, value in settings.items():
+        holds, rule = _SETTINGS[name]
+        if value is not None and not holds(value):
+            raise ProfileError(f"{name} must be {rule}, got {value:g}")
+
+
+def _check_model_file(model: str) -> None:
+    """Only files a runner can load pass: an .onnx exported by edgekit, or a .gguf when llama.cpp is here."""
+    suffix = Path(model).suffix
+    if not Path(model).is_file():
+        raise ProfileError(f"model file not found: {model}")
+    if suffix == ".onnx":
+        _check_onnx_file(model)
+    elif suffix != ".gguf":
+        raise ProfileError(f"cannot profile {model}: expected an .onnx (ONNX Runtime) or .gguf (llama.cpp) file")
+    elif find_spec("llama_cpp") is None:
+        raise ProfileError(f"{model} runs in llama.cpp, but llama-cpp-python is not installed: "
+                           f"pip install -e '.[llamacpp]' (it compiles for several minutes)")
 
 
 def _check_onnx_file(path: str) -> None:
-    """A file that is no ONNX model fails the request, not every length of the sweep one by one."""
+    """A file that is no edgekit ONNX model fails the request, not every length of the sweep one by one."""
     import onnx
 
     try:
-        onnx.load(path, load_external_data=False)
+        proto = onnx.load(path, load_external_data=False)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelLoadError(f"{path} is not a readable ONNX model: {first}") from None
+        raise ModelLoadError(f"{path} is not a readable ONNX model: {first_line(exc, 200)}") from None
+    if not {p.key for p in proto.metadata_props} & {"edgekit.method", "edgekit.task"}:
+        raise ModelLoadError(f"{path} was not exported by edgekit (no edgekit.method metadata): "
+                             f"export it with `edgekit export`")
 
 
 def _measure_in_subprocess(model, seq_len, repeat, warmup, ep, threads, timeout_s, memory_limit_mb) -> dict:
@@ -104,10 +131,15 @@ def _measure_in_subprocess(model, seq_len, repeat, warmup, ep, threads, timeout_
 
 
 def add_ratios(results: list[dict], baseline: str) -> None:
-    """speedup = baseline median / median; memory_ratio = peak / baseline peak (same length)."""
-    base = {r["seq_len"]: r for r in results if r["model"] == baseline and r["status"] == "ok"}
+    """speedup = baseline median / median; memory_ratio = peak / baseline peak (same workload)."""
+    from edgekit.report import workload_of
+
+    def same(r: dict) -> tuple:
+        return tuple(sorted(workload_of(r).items()))
+
+    base = {same(r): r for r in results if r["model"] == baseline and r["status"] == "ok"}
     for r in results:
-        ref = base.get(r["seq_len"])
+        ref = base.get(same(r))
         if r["status"] != "ok" or ref is None:
             r["speedup_vs_baseline"] = r["memory_ratio_vs_baseline"] = None
             continue
