@@ -1,22 +1,26 @@
 """The `edgekit` command line: a thin Typer layer over the Python API.
 
 Results go to stdout, progress and logs to stderr. Every EdgekitError becomes one `Error: ...` line and
-exit code 1 (set EDGEKIT_DEBUG=1 to see the traceback instead).
+exit code 1 (set EDGEKIT_DEBUG=1 to see the traceback instead); a usage error is shown as click shows it
+(usage, the --help hint, the error) with exit code 2; Ctrl-C or SIGTERM prints "Aborted." and exits with
+128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgekit.errors import EdgekitError
+from edgekit.files import check_writable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Export efficient-attention models to ONNX with edgekit ops, run and profile them.")
@@ -82,7 +86,7 @@ def _parse_options(pairs: List[str]) -> dict:
 @app.command()
 def export(
     model: str = typer.Argument(..., help="preset name, packaged model, Hugging Face folder or .gguf file"),
-    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write"),
+    output: str = typer.Option(..., "-o", "--output", help="ONNX file to write"),
     method: str = typer.Option("dense", help="the family's methods: see `edgekit models` (dense, dhsa, hilo, ...)"),
     weights: Optional[Path] = typer.Option(None, help="local checkpoint (.safetensors, or a state-dict .pth) "
                                                       "loaded into the preset's shape"),
@@ -117,8 +121,9 @@ def export(
         options["adaptive_chunks"] = 0
     if plain_mean:
         options["length_scaled"] = 0
+    check_writable(output)
     with err.status(f"exporting {model} ({method})"):
-        result = run_export(model, str(output), method=method, weights=str(weights) if weights else None,
+        result = run_export(model, output, method=method, weights=str(weights) if weights else None,
                             tolerance=atol, **options)
     opts = ", ".join(f"{k}={v}" for k, v in result.options.items())
     typer.echo(f"wrote {result.path} ({result.size_mb:.1f} MB): {result.model}, {result.task}, method "
@@ -142,8 +147,8 @@ def profile(
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
     timeout: Optional[float] = typer.Option(None, help="seconds allowed per model and workload"),
     memory_limit_mb: Optional[float] = typer.Option(None, help="stop a run above this RSS (default 90% of RAM)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
-    plot_out: Optional[Path] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the full results as JSON"),
+    plot_out: Optional[str] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
 ):
     """Latency, throughput and peak memory side by side, with ratios to the first model (any task).
 
@@ -152,37 +157,60 @@ def profile(
     """
     from edgekit.profiling import profile as run_profile
 
+    _check_outputs(json_out, plot_out)
     axes = dict(seq_lens=_int_list(seq_lens, "--seq-lens"), image_sizes=_int_list(image_sizes, "--image-sizes"),
                 batch_sizes=_int_list(batch_sizes, "--batch-sizes"))
     with _StepProgress(None) as step:
         results = run_profile(models, **axes, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
                               timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step)
-    _emit(results, json_out, plot_out)
+    _emit(results, _profile_table(results), json_out, plot_out)
 
 
-def _emit(results: dict, json_out: Optional[Path], plot_out: Optional[Path]) -> None:
+def _check_outputs(*paths: Optional[str]) -> None:
+    """Fail on an output that cannot be written now, not after the slow work."""
+    for path in paths:
+        if path is not None:
+            check_writable(path)
+
+
+def _profile_table(results: dict) -> str:
     from edgekit import report
 
+    return report.markdown(results)
+
+
+def _emit(results: dict, table: str, json_out: Optional[str], plot_out: Optional[str] = None) -> None:
+    """The table comes first: a result file that still fails to write cannot lose a finished sweep."""
+    from edgekit import report
+
+    typer.echo(table)
     if json_out:
-        report.write_json(results, str(json_out))
+        report.write_json(results, json_out)
         err.print(f"results: {json_out}")
     if plot_out:
-        report.plot(results, str(plot_out))
+        report.plot(results, plot_out)
         err.print(f"figure: {plot_out}")
-    typer.echo(report.markdown(results))
+    _fail_if_nothing_ran(results)
+
+
+def _fail_if_nothing_ran(results: dict) -> None:
+    """A sweep whose every point failed is an error, once its table and files are out."""
+    if not any(r.get("status") == "ok" for r in results["results"]):
+        raise EdgekitError("every point failed; the reasons are listed under the table")
 
 
 @app.command("report")
 def report_cmd(
     results: Path = typer.Argument(..., help="JSON written by `edgekit profile --json`"),
-    plot_out: Optional[Path] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
+    plot_out: Optional[str] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
 ):
     """Render saved profile results as a Markdown table (and a figure)."""
     from edgekit import report
 
+    _check_outputs(plot_out)
     data = report.load_results(str(results))
     if plot_out:
-        report.plot(data, str(plot_out))
+        report.plot(data, plot_out)
     typer.echo(report.markdown(data))
 
 
@@ -244,27 +272,32 @@ def demo(
     from edgekit.profiling import profile as run_profile
 
     lengths = _int_list(seq_lens, "--seq-lens")
+    methods = {"dense": {}, "dhsa": {"budget_tokens": budget_tokens}}
+    models = {method: output_dir / f"{Path(model).name}-{method}.onnx" for method in methods}
+    json_out, plot_out = output_dir / "profile.json", output_dir / "profile.png"
+    _check_outputs(*models.values(), json_out, plot_out)
     paths = []
-    for method, options in (("dense", {}), ("dhsa", {"budget_tokens": budget_tokens})):
-        path = output_dir / f"{Path(model).name}-{method}.onnx"
+    for method, options in methods.items():
+        path = models[method]
         with err.status(f"exporting {model} ({method})"):
             result = run_export(model, str(path), method=method, **options)
         err.print(f"exported {path} (max |ONNX - PyTorch| = {result.max_abs_error:.1e})")
         paths.append(str(path))
     with _StepProgress(len(paths) * len(lengths)) as step:
         results = run_profile(paths, lengths, repeat=repeat, on_step=step)
-    _emit(results, output_dir / "profile.json", output_dir / "profile.png")
+    _emit(results, _profile_table(results), str(json_out), str(plot_out))
 
 
 @app.command("gguf")
 def gguf_cmd(
     model: str = typer.Argument(..., help="Llama-family preset, Hugging Face folder or .gguf file"),
-    output: Path = typer.Option(..., "-o", "--output", help="GGUF file to write (f32)"),
+    output: str = typer.Option(..., "-o", "--output", help="GGUF file to write (f32)"),
 ):
     """Write a model's exact weights as an f32 GGUF: the llama.cpp baseline for `edgekit profile`."""
     from edgekit.exporters.sources import load
     from edgekit.exporters.llm.gguf_writer import write_gguf
 
+    check_writable(output)
     with err.status(f"writing {model} as GGUF"):
         _, hf_model, name = load(model)
         path = write_gguf(hf_model, output, name=name)
@@ -280,20 +313,19 @@ def passkey_cmd(
     trials: int = typer.Option(1, help="prompts (random keys) per length and depth"),
     seed: int = typer.Option(0, help="seed of the random keys"),
     ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full results as JSON"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the full results as JSON"),
 ):
     """Passkey retrieval: is a 5-digit key hidden in filler text found at each length (greedy, teacher-forced)?"""
     from edgekit.passkey import markdown, passkey
-    from edgekit.report import write_json
 
     sizes = _passkey_values(lengths, int, "--lengths")
     fractions = _passkey_values(depths, float, "--depths")
+    _check_outputs(json_out)
     with _StepProgress(len(models) * len(sizes) * len(fractions) * trials) as step:
-        results = passkey(models, sizes, fractions, trials=trials, seed=seed, ep=ep, on_step=step)
-    if json_out:
-        write_json(results, str(json_out))
-        err.print(f"results: {json_out}")
-    typer.echo(markdown(results))
+        results = passkey(models, sizes, fractions, trials=trials, seed=seed, ep=ep, threads=threads,
+                          on_step=step)
+    _emit(results, markdown(results), json_out)
 
 
 def _passkey_values(text: str, kind: type, flag: str) -> list:
@@ -308,22 +340,61 @@ def _fail(line: str) -> None:
     sys.stderr.write(" ".join(line.split()) + "\n")
 
 
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM. It unwinds like KeyboardInterrupt (so `finally` removes temp files), but typer
+    turns a KeyboardInterrupt into a silent exit 130, and this reaches main() to say "Aborted."."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, _frame) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM raise Interrupted while the CLI runs; the previous handlers come back after."""
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _show_warning(message, category, *args, **kwargs) -> None:
+    """Library warnings (EdgekitWarning: valid but doubtful input) as one `Warning:` line each."""
+    _fail(f"Warning: {message}")
+
+
 def main() -> None:
     """Console entry point: map library errors to one line and an exit code."""
+    import warnings
+
+    from edgekit.errors import EdgekitWarning
+
     debug = bool(os.environ.get("EDGEKIT_DEBUG"))
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("once", EdgekitWarning)
     try:
-        code = app(standalone_mode=False)
+        with _signals_interrupt():  # bare `edgekit` is `edgekit --help`: help on stdout, exit 0
+            code = app(args=sys.argv[1:] or ["--help"], prog_name="edgekit", standalone_mode=False)
     except EdgekitError as exc:
         if debug:
             raise
         _fail(f"Error: {exc}")
         sys.exit(1)
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # typer vendors click: its usage errors derive from this, not click's
+        if hasattr(exc, "show"):
+            exc.show()
+        else:
+            _fail(f"Error: {exc.format_message()}")
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, Interrupted) as exc:
         _fail("Aborted.")
-        sys.exit(130)
+        sys.exit(128 + exc.signum if isinstance(exc, Interrupted) else 1)
     except Exception as exc:  # a bug, not bad input: still one line unless debugging
         if debug:
             raise

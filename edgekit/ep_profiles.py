@@ -65,7 +65,8 @@ class Profile(pydantic.BaseModel):
         so.execution_mode = _EXEC_MODES[cfg.execution_mode]
         so.enable_cpu_mem_arena = cfg.enable_cpu_mem_arena
         so.enable_mem_pattern = cfg.enable_mem_pattern
-        so.log_severity_level = 3  # errors only: warnings would drown the CLI's output
+        # ONNX Runtime's own log (even its errors, which edgekit reports as one line) only when asked for
+        so.log_severity_level = 2 if os.environ.get("EDGEKIT_ORT_LOG") else 4
         return so
 
     def providers(self) -> list:

@@ -44,6 +44,10 @@ class ExecutionProviderError(EdgekitError):
     """The requested execution provider is unknown or not available in this onnxruntime build."""
 
 
+class OutputError(EdgekitError):
+    """An output file cannot be written where asked (a directory, a file as parent, no permission)."""
+
+
 class ProfileError(EdgekitError):
     """A profiling request cannot run (bad sequence lengths, no models, ...)."""
 

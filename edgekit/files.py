@@ -1,27 +1,77 @@
-"""Output files appear whole or not at all."""
+"""Output files appear whole or not at all, and a path that cannot be written fails before any slow work."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import shutil
 from pathlib import Path
 from typing import Iterator
+
+import psutil
+
+from edgekit.errors import OutputError
+
+TEMP_MARK = "edgekit"  # temp names: .NAME.edgekit-<pid>-<random>.tmp, beside the target
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise OutputError (naming the reason) unless a file can be written at `path`; returns it as a Path.
+
+    Missing parent folders are fine (they are created); the nearest existing one must be a writable folder.
+    """
+    if not str(path).strip():
+        raise OutputError("output path is empty")
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"cannot write {target}: it is a directory")
+    folder = next(p for p in target.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {target}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {target}: folder {folder} is not writable")
+    return target
 
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside `path`; move it into place only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual permissions
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
+
+    The temp name carries this process's id, so a temp left by a killed process (SIGKILL) is recognised
+    and removed by the next write to the same target. Any OSError becomes one OutputError naming the path.
+    """
+    target = check_writable(path)
+    tmp = target.parent / f"{_temp_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
-        yield tmp
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        tmp.touch(0o666, exist_ok=False)  # the usual permissions (umask applies), like a file written in place
+        yield str(tmp)
         os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{TEMP_MARK}-"
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Remove temps beside `target` left by edgekit processes that no longer run."""
+    prefix = _temp_prefix(target)
+    for tmp in target.parent.iterdir():
+        pid = tmp.name[len(prefix):].split("-")[0]
+        if tmp.name.startswith(prefix) and tmp.name.endswith(".tmp") and pid.isdigit() \
+                and not psutil.pid_exists(int(pid)):
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    """A temp may later be a folder (a model plus its external-data file, moved as one)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

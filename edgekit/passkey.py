@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, first_line
 
 Progress = Callable[[str, int], None]  # (what runs now, how many are done)
 
@@ -142,40 +142,45 @@ def score(logits: np.ndarray, answer_ids: Sequence[int]) -> tuple[bool, list[int
 
 
 def passkey(models: Sequence[str], lengths: Sequence[int], depths: Sequence[float], trials: int = 1,
-            seed: int = 0, ep: str = "cpu", on_step: Progress | None = None,
+            seed: int = 0, ep: str = "cpu", threads: int | None = None, on_step: Progress | None = None,
             tokenizer: str = DEFAULT_TOKENIZER) -> dict:
-    """Score every model on the same prompts (one per length, depth and trial); JSON-able results."""
+    """Score every model on the same prompts (one per length, depth and trial); JSON-able results.
+
+    A prompt that fails is recorded with its status and reason, as `profile` does, and the sweep goes on.
+    """
     from edgekit.profiling import environment
     from edgekit.session import Session
 
-    methods = check_request(models, lengths, depths, trials, ep, tokenizer)
+    methods = check_request(models, lengths, depths, trials, ep, tokenizer, threads)
     tok = load_tokenizer(tokenizer)
     cases = make_cases(tok, lengths, depths, trials, seed)
     results = []
     for model, method in zip(models, methods):
-        session = Session(model, ep=ep)
+        session = Session(model, ep=ep, threads=threads)
         for case in cases:
             if on_step:
                 on_step(f"{Path(model).name} @ {case['seq_len']}, depth {case['depth']:g}", len(results))
-            results.append({"model": model, "method": method, **_run_case(session, tok, case)})
-    return {"results": results, "summary": summarize(results), "environment": environment(ep, None),
+            results.append({"model": model, "method": method, **_try_case(session, tok, case)})
+    return {"results": results, "summary": summarize(results), "environment": environment(ep, threads),
             "settings": {"lengths": list(lengths), "depths": list(depths), "trials": trials, "seed": seed,
                          "tokenizer": tokenizer, "chat_template": USE_CHAT_TEMPLATE}}
 
 
 def check_request(models, lengths, depths, trials: int, ep: str = "cpu",
-                  tokenizer: str = DEFAULT_TOKENIZER) -> list[str]:
+                  tokenizer: str = DEFAULT_TOKENIZER, threads: int | None = None) -> list[str]:
     """Fail on bad input before any long run; returns each model's edgekit method."""
     from edgekit.ep_profiles import load_profile
+    from edgekit.profiling import check_settings
 
-    _check_values(models, lengths, depths, trials)
+    _check_values(models, lengths, depths)
+    check_settings(trials=trials, threads=threads)
     load_profile(ep).providers()
     tok = load_tokenizer(tokenizer)
     build_prompt(tok, min(lengths), 0.5, "12345")  # too short for the fixed text: say so now
     return [_model_info(m, len(tok)) for m in models]
 
 
-def _check_values(models, lengths, depths, trials) -> None:
+def _check_values(models, lengths, depths) -> None:
     if not models:
         raise EdgekitError("no models to test")
     for model in models:
@@ -185,8 +190,6 @@ def _check_values(models, lengths, depths, trials) -> None:
         raise EdgekitError(f"lengths must be positive integers, got {list(lengths)}")
     if not depths or not all(0.0 <= d <= 1.0 for d in depths):
         raise EdgekitError(f"depths must be fractions in [0, 1], got {list(depths)}")
-    if trials < 1:
-        raise EdgekitError("need trials >= 1")
 
 
 def _model_info(path: str, vocab: int) -> str:
@@ -221,6 +224,15 @@ def make_cases(tokenizer, lengths, depths, trials: int, seed: int) -> list[dict]
     return cases
 
 
+def _try_case(session, tokenizer, case: dict) -> dict:
+    """One prompt's result; a failure (ONNX Runtime rejecting the prompt, ...) is recorded, not raised."""
+    try:
+        return {**_run_case(session, tokenizer, case), "status": "ok"}
+    except EdgekitError as exc:
+        return {"seq_len": case["seq_len"], "depth": case["depth"], "trial": case["trial"],
+                "key": case["prompt"].key, "found": False, "status": "error", "error": first_line(exc)}
+
+
 def _run_case(session, tokenizer, case: dict) -> dict:
     prompt = case["prompt"]
     ids = prompt.model_input
@@ -236,22 +248,31 @@ def summarize(results: list[dict]) -> list[dict]:
     counts: dict[tuple, dict] = {}
     for r in results:
         row = counts.setdefault((r["model"], r["seq_len"]), {"model": r["model"], "method": r["method"],
-                                                             "seq_len": r["seq_len"], "found": 0, "total": 0})
+                                                             "seq_len": r["seq_len"], "found": 0, "total": 0,
+                                                             "failed": 0})
         row["found"] += int(r["found"])
+        row["failed"] += int(r.get("status", "ok") != "ok")
         row["total"] += 1
     return list(counts.values())
 
 
 def markdown(report: dict) -> str:
-    """One row per length, one column per model: keys found / prompts."""
+    """One row per length, one column per model: keys found / prompts; why prompts failed, under the table."""
+    from edgekit.report import footnote_lines, footnotes
+
     summary = report["summary"]
     models = list(dict.fromkeys((s["model"], s["method"]) for s in summary))
-    cells = {(s["model"], s["seq_len"]): f"{s['found']}/{s['total']}" for s in summary}
+    cells = {(s["model"], s["seq_len"]): f"{s['found']}/{s['total']}"
+             + (f" ({s['failed']} failed)" if s.get("failed") else "") for s in summary}
     lengths = list(dict.fromkeys(s["seq_len"] for s in summary))
     rows = ["| tokens | " + " | ".join(f"{Path(m).name} ({method})" for m, method in models) + " |",
             "|---:|" + "---:|" * len(models)]
     for n in lengths:
         rows.append(f"| {n} | " + " | ".join(cells.get((m, n), "—") for m, _ in models) + " |")
+    results = report["results"]
+    notes = footnote_lines(results, footnotes(results),
+                           lambda r: f"{Path(r['model']).name} @ {r['seq_len']} tokens, depth {r['depth']:g}")
+    rows += ([""] + notes) if notes else []
     settings = report.get("settings", {})
     footer = (f"\npass key found / prompts; depths {', '.join(f'{d:g}' for d in settings.get('depths', []))}, "
               f"{settings.get('trials', '?')} trial(s) each, seed {settings.get('seed', '?')}; "

@@ -8,13 +8,14 @@ import platform
 import subprocess
 import sys
 from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable, Sequence
 
 import psutil
 
 from edgekit.ep_profiles import load_profile
-from edgekit.errors import ModelLoadError, ProfileError
+from edgekit.errors import ModelLoadError, ProfileError, first_line
 from edgekit.interface import TASK
 from edgekit.profile_worker import row_base
 from edgekit.tasks import describe, get_task
@@ -33,7 +34,8 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
     `image_sizes` for image models, `batch_sizes` for every kind. A point that runs out of memory, fails
     or times out is recorded with its status; the sweep goes on.
     """
-    models = check_request(models, seq_lens or [1], repeat, warmup, ep)
+    models = check_request(models, ep, repeat=repeat, warmup=warmup, threads=threads, timeout=timeout_s,
+                           memory_limit_mb=memory_limit_mb)
     task = get_task(common_task(models))
     workloads = task.workloads(seq_len=seq_lens, image_size=image_sizes, batch_size=batch_sizes)
     results = []
@@ -84,37 +86,60 @@ def _model_file(model: str) -> str:
     return str(packaged_path(model)) if model in PACKAGED and not Path(model).exists() else model
 
 
-def check_request(models, seq_lens, repeat, warmup, ep: str = "cpu") -> list[str]:
-    """Validate a profile request before any work starts; returns the model files to run."""
+def check_request(models, ep: str = "cpu", **settings) -> list[str]:
+    """Validate a profile request before any work starts; returns the model files to run.
+
+    `settings` are repeat, warmup, threads, timeout and memory_limit_mb (each checked by name).
+    """
     models = [_model_file(m) for m in models]
-    _check_request(models, seq_lens, repeat, warmup)
+    if not models:
+        raise ProfileError("no models to profile")
+    for model in models:
+        _check_model_file(model)
+    check_settings(**settings)
     load_profile(ep).providers()  # unknown or unavailable provider
     return models
 
 
-def _check_request(models, seq_lens, repeat, warmup) -> None:
-    if not models:
-        raise ProfileError("no models to profile")
-    for model in models:
-        if not Path(model).is_file():
-            raise ProfileError(f"model file not found: {model}")
-        if Path(model).suffix == ".onnx":
-            _check_onnx_file(model)
-    if not seq_lens or any(n < 1 for n in seq_lens):
-        raise ProfileError(f"sequence lengths must be positive integers, got {list(seq_lens)}")
-    if repeat < 1 or warmup < 0:
-        raise ProfileError("need repeat >= 1 and warmup >= 0")
+# setting -> (holds, what it must be); None always passes (the default applies)
+_SETTINGS = {"repeat": (lambda v: v >= 1, ">= 1"), "warmup": (lambda v: v >= 0, ">= 0"),
+             "trials": (lambda v: v >= 1, ">= 1"), "threads": (lambda v: v >= 1, ">= 1"),
+             "timeout": (lambda v: v > 0, "> 0"), "memory_limit_mb": (lambda v: v > 0, "> 0")}
+
+
+def check_settings(**settings) -> None:
+    """A setting that cannot work fails by name before any run (threads=-3 would reach ONNX Runtime)."""
+    for name, value in settings.items():
+        holds, rule = _SETTINGS[name]
+        if value is not None and not holds(value):
+            raise ProfileError(f"{name} must be {rule}, got {value:g}")
+
+
+def _check_model_file(model: str) -> None:
+    """Only files a runner can load pass: an .onnx exported by edgekit, or a .gguf when llama.cpp is here."""
+    suffix = Path(model).suffix
+    if not Path(model).is_file():
+        raise ProfileError(f"model file not found: {model}")
+    if suffix == ".onnx":
+        _check_onnx_file(model)
+    elif suffix != ".gguf":
+        raise ProfileError(f"cannot profile {model}: expected an .onnx (ONNX Runtime) or .gguf (llama.cpp) file")
+    elif find_spec("llama_cpp") is None:
+        raise ProfileError(f"{model} runs in llama.cpp, but llama-cpp-python is not installed: "
+                           f"pip install -e '.[llamacpp]' (it compiles for several minutes)")
 
 
 def _check_onnx_file(path: str) -> None:
-    """A file that is no ONNX model fails the request, not every length of the sweep one by one."""
+    """A file that is no edgekit ONNX model fails the request, not every length of the sweep one by one."""
     import onnx
 
     try:
-        onnx.load(path, load_external_data=False)
+        proto = onnx.load(path, load_external_data=False)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelLoadError(f"{path} is not a readable ONNX model: {first}") from None
+        raise ModelLoadError(f"{path} is not a readable ONNX model: {first_line(exc, 200)}") from None
+    if not {p.key for p in proto.metadata_props} & {"edgekit.method", "edgekit.task"}:
+        raise ModelLoadError(f"{path} was not exported by edgekit (no edgekit.method metadata): "
+                             f"export it with `edgekit export`")
 
 
 def _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s, memory_limit_mb) -> dict:

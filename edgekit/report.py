@@ -4,19 +4,117 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Callable, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from edgekit.errors import ProfileError
 from edgekit.files import atomic_output
 
+# workload key -> (table column, plot axis label, one value in words); other keys show as themselves
+WORKLOAD_AXES = {
+    "seq_len": ("tokens", "prompt tokens", "{} tokens"),
+    "image_size": ("image px", "image size (px)", "{} px"),
+    "batch_size": ("batch", "batch size", "batch {}"),
+    "steps": ("steps", "steps", "{} steps"),
+}
+
+
+class Latency(BaseModel):
+    median: float
+    p90: float
+    min: Optional[float] = None
+    runs: list[float] = []
+
+
+class Throughput(BaseModel):
+    value: float
+    unit: str
+
+
+class _Row(BaseModel):
+    """Fields every profile row has; files from before workloads existed hold `seq_len` only."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    method: Optional[str] = None
+    task: str = "text-generation"
+    workload: Optional[dict[str, int]] = None
+    seq_len: Optional[int] = None
+    error: Optional[str] = None
+    throughput: Optional[Throughput] = None
+
+    @model_validator(mode="after")
+    def _has_workload(self):
+        if self.workload is None and self.seq_len is None:
+            raise PydanticCustomError("missing", "'seq_len' (or 'workload') missing")
+        return self
+
+
+class OkRow(_Row):
+    status: Literal["ok"]
+    latency_ms: Latency
+    peak_rss_mb: float
+
+
+class FailedRow(_Row):
+    status: Literal["oom", "error", "timeout"]
+
+
+class ResultsFile(BaseModel):
+    """A `profile --json` file: what `report` can render."""
+
+    model_config = ConfigDict(extra="allow")
+    results: list[Annotated[Union[OkRow, FailedRow], Field(discriminator="status")]]
+    settings: dict = {}
+    environment: dict = {}
+
 
 def load_results(path: str) -> dict:
+    """Read and validate a profile results file; anything wrong is named in one line."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, or bytes that are no text at all
         raise ProfileError(f"cannot read profile results {path}: {exc}") from None
+    if isinstance(data, dict) and "summary" in data:
+        raise ProfileError(f"{path}: this is a passkey results file; `edgekit passkey` prints its table, "
+                           f"`edgekit report` renders `edgekit profile --json` files")
     if not isinstance(data, dict) or "results" not in data:
         raise ProfileError(f"{path} is not an edgekit profile (no 'results')")
+    if data["results"] == []:
+        raise ProfileError(f"{path} holds no results (its 'results' list is empty)")
+    try:
+        ResultsFile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(f"{path}: {_schema_error(exc)}") from None
     return data
+
+
+def _schema_error(exc: ValidationError) -> str:
+    """The first problem as `row 3: 'latency_ms' missing` (rows count from 1; the status tag is skipped)."""
+    error = exc.errors()[0]
+    loc = list(error["loc"])
+    where, fields = "", loc
+    if loc[:1] == ["results"] and len(loc) > 1 and isinstance(loc[1], int):
+        where, fields = f"row {loc[1] + 1}: ", loc[3:]  # loc[2] is the row's status (the union's tag)
+    name = ".".join(map(str, fields))
+    if error["type"] == "missing" and name:
+        return f"{where}'{name}' missing"
+    return f"{where}'{name}': {error['msg']}" if name else f"{where}{error['msg']}"
+
+
+def workload_of(row: dict) -> dict:
+    """What a row measured ({"seq_len": 4096}, {"image_size": 224, "batch_size": 1}, ...)."""
+    return row.get("workload") or {"seq_len": row["seq_len"]}
+
+
+def _axis(key: str) -> tuple[str, str, str]:
+    return WORKLOAD_AXES.get(key, (key, key, f"{key} {{}}"))
+
+
+def workload_label(row: dict) -> str:
+    return ", ".join(_axis(k)[2].format(v) for k, v in workload_of(row).items())
 
 
 def display_names(models) -> dict[str, str]:
@@ -32,75 +130,115 @@ def display_names(models) -> dict[str, str]:
     return names
 
 
+def footnotes(rows: list[dict]) -> dict[int, int]:
+    """Footnote number of each failed row (by index), in table order."""
+    failed = [i for i, r in enumerate(rows) if r.get("status", "ok") != "ok"]
+    return {i: n for n, i in enumerate(failed, 1)}
+
+
+def footnote_lines(rows: list[dict], numbers: dict[int, int], where: Callable[[dict], str]) -> list[str]:
+    """`[1] dhsa.onnx @ 4096 tokens: killed by the operating system (out of memory)`: why each point failed."""
+    return [f"[{n}] {where(rows[i])}: {rows[i].get('error') or rows[i]['status']}" for i, n in numbers.items()]
+
+
 def _fmt(value, pattern: str) -> str:
     return "—" if value is None else pattern.format(value)
 
 
+def _throughput(row: dict) -> str:
+    t = row.get("throughput")
+    return f"{t['value']:.1f} {t['unit']}" if t else "—"
+
+
 def markdown(report: dict) -> str:
-    """One row per (model, length); ratios are against the first model at the same length."""
-    rows = [
-        "| model | method | tokens | status | median ms | p90 ms | peak MB | speedup vs baseline | memory vs baseline |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|",
-    ]
+    """One row per (model, workload); ratios are against the first model at the same workload."""
+    results = report["results"]
+    keys = list(dict.fromkeys(k for r in results for k in workload_of(r)))
     baseline = report.get("settings", {}).get("baseline", "?")
-    names = display_names([r["model"] for r in report["results"]] + [baseline])
-    for r in report["results"]:
-        lat = r.get("latency_ms") or {}
-        rows.append(
-            f"| {names[r['model']]} | {r.get('method', '—')} | {r['seq_len']} | {r['status']} "
-            f"| {_fmt(lat.get('median'), '{:.1f}')} | {_fmt(lat.get('p90'), '{:.1f}')} "
-            f"| {_fmt(r.get('peak_rss_mb'), '{:.0f}')} | {_fmt(r.get('speedup_vs_baseline'), '{:.2f}x')} "
-            f"| {_fmt(r.get('memory_ratio_vs_baseline'), '{:.2f}x')} |"
-        )
+    names = display_names([r["model"] for r in results] + [baseline])
+    numbers = footnotes(results)
+    columns = [  # (header, right-aligned, cell)
+        ("model", False, lambda i, r: names[r["model"]]),
+        ("method", False, lambda i, r: r.get("method") or "—"),
+        *[(_axis(k)[0], True, lambda i, r, k=k: _fmt(workload_of(r).get(k), "{}")) for k in keys],
+        ("status", False, lambda i, r: r["status"] + (f" [{numbers[i]}]" if i in numbers else "")),
+        ("median ms", True, lambda i, r: _fmt((r.get("latency_ms") or {}).get("median"), "{:.1f}")),
+        ("p90 ms", True, lambda i, r: _fmt((r.get("latency_ms") or {}).get("p90"), "{:.1f}")),
+        ("peak MB", True, lambda i, r: _fmt(r.get("peak_rss_mb"), "{:.0f}")),
+        *([("throughput", True, lambda i, r: _throughput(r))] if any(r.get("throughput") for r in results) else []),
+        ("speedup vs baseline", True, lambda i, r: _fmt(r.get("speedup_vs_baseline"), "{:.2f}x")),
+        ("memory vs baseline", True, lambda i, r: _fmt(r.get("memory_ratio_vs_baseline"), "{:.2f}x")),
+    ]
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |",
+             "|" + "|".join("---:" if right else "---" for _, right, _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(i, r) for _, _, cell in columns) + " |" for i, r in enumerate(results)]
+    notes = footnote_lines(results, numbers, lambda r: f"{names[r['model']]} @ {workload_label(r)}")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n" + _footer(report, names[baseline])
+
+
+def _footer(report: dict, baseline: str) -> str:
     env = report.get("environment", {})
     ep = env.get("execution_provider", {})
-    footer = (f"\n{env.get('cpu', '?')}, {env.get('logical_cores', '?')} logical cores, "
-              f"{env.get('memory_gb', '?')} GB; ONNX Runtime {env.get('versions', {}).get('onnxruntime', '?')} "
-              f"profile '{ep.get('profile', '?')}'; baseline: {names[baseline]}")
-    return "\n".join(rows) + "\n" + footer
+    return (f"\n{env.get('cpu', '?')}, {env.get('logical_cores', '?')} logical cores, "
+            f"{env.get('memory_gb', '?')} GB; ONNX Runtime {env.get('versions', {}).get('onnxruntime', '?')} "
+            f"profile '{ep.get('profile', '?')}'; baseline: {baseline}")
+
+
+def varying_axis(results: list[dict]) -> str:
+    """The plot's x axis: the workload key whose value changes across rows (else the first key)."""
+    keys = list(dict.fromkeys(k for r in results for k in workload_of(r)))
+    varying = [k for k in keys if len({workload_of(r).get(k) for r in results}) > 1]
+    return (varying or keys)[0]
 
 
 def plot(report: dict, output: str) -> None:
-    """Latency curves (log-log) beside peak-memory bars, one series per model."""
+    """Latency curves (log-log) beside peak-memory bars, one series per model, over the workload that varies."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    axis = varying_axis(report["results"])
+
+    def x_of(row: dict):
+        return workload_of(row).get(axis)
+
     series: dict[str, list[dict]] = {}
     for r in report["results"]:
         series.setdefault(r["model"], []).append(r)
-    lengths = sorted({r["seq_len"] for r in report["results"]})
+    sizes = sorted({x_of(r) for r in report["results"] if x_of(r) is not None})
     names = display_names(series)
     fig, (ax_lat, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(1, len(series))
     for i, (model, rs) in enumerate(series.items()):
         ok = [r for r in rs if r["status"] == "ok"]
-        label = f"{names[model]} ({rs[0].get('method', '?')})"
-        ax_lat.plot([r["seq_len"] for r in ok], [r["latency_ms"]["median"] / 1000 for r in ok], "o-", label=label)
-        mem = {r["seq_len"]: r["peak_rss_mb"] for r in ok}
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(lengths))]
-        ax_mem.bar(xs, [mem.get(n, 0) for n in lengths], width, label=label)
-        for x, n in zip(xs, lengths):
-            failed = next((r["status"] for r in rs if r["seq_len"] == n and r["status"] != "ok"), None)
+        label = f"{names[model]} ({rs[0].get('method') or '?'})"
+        ax_lat.plot([x_of(r) for r in ok], [r["latency_ms"]["median"] / 1000 for r in ok], "o-", label=label)
+        mem = {x_of(r): r["peak_rss_mb"] for r in ok}
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(sizes))]
+        ax_mem.bar(xs, [mem.get(n, 0) for n in sizes], width, label=label)
+        for x, n in zip(xs, sizes):
+            failed = next((r["status"] for r in rs if x_of(r) == n and r["status"] != "ok"), None)
             if failed:
                 ax_mem.annotate(failed, (x, 0), ha="center", va="bottom", rotation=90, fontsize=8)
-    ax_lat.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="prefill latency, median (s)",
-               title="Prefill latency")
-    ax_lat.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured lengths
-    ax_lat.set_xticks(lengths, [str(n) for n in lengths])
+    label = _axis(axis)[1]
+    ax_lat.set(xscale="log", yscale="log", xlabel=label, ylabel="latency, median (s)", title="Latency")
+    ax_lat.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured sizes
+    ax_lat.set_xticks(sizes, [str(n) for n in sizes])
     ax_lat.grid(True, which="both", alpha=0.3)
     ax_lat.legend(fontsize=8)
-    ax_mem.set(xlabel="prompt tokens", ylabel="peak RSS above loaded model (MB)", title="Peak memory")
-    ax_mem.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+    ax_mem.set(xlabel=label, ylabel="peak RSS above loaded model (MB)", title="Peak memory")
+    ax_mem.set_xticks(range(len(sizes)), [str(n) for n in sizes])
     ax_mem.legend(fontsize=8)
     env = report.get("environment", {})
     fig.suptitle(f"{env.get('cpu', '')} · {env.get('logical_cores', '?')} cores", fontsize=9)
     fig.tight_layout()
-    with atomic_output(output) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(output) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def write_json(report: dict, output: str) -> None:

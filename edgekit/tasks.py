@@ -23,12 +23,18 @@ class Task:
     unit: str  # throughput unit
     counted: tuple[str, ...]  # workload keys whose product is the number of units one run produces
     doc: str = ""
+    implicit: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"batch_size": 1})
+    # ^ keys left out of a workload unless swept (a batch of 1 is not worth a column in every table)
+
+    def value(self, workload: Mapping[str, int], key: str) -> int:
+        return int(workload[key] if key in workload else self.implicit[key])
 
     def sizes(self, workload: Mapping[str, int]) -> dict[str, int]:
-        return {axis: int(workload[key]) for key, axes in self.axes.items() for axis in axes if key in workload}
+        return {axis: self.value(workload, key) for key, axes in self.axes.items() for axis in axes
+                if key in workload or key in self.implicit}
 
     def items(self, workload: Mapping[str, int]) -> int:
-        return math.prod(int(workload[k]) for k in self.counted)
+        return math.prod(self.value(workload, k) for k in self.counted)
 
     def workloads(self, **values: Sequence[int] | None) -> list[dict[str, int]]:
         """Every combination of the given axis values (defaults for the others), in sweep order.
@@ -40,7 +46,8 @@ class Task:
             flags = ", ".join("--" + k.replace("_", "-") + "s" for k in foreign)
             raise ProfileError(f"{flags} does not apply to {self.name} models (axes: "
                                f"{', '.join(self.axes)})")
-        grid = {k: tuple(values.get(k) or self.defaults[k]) for k in self.axes}
+        grid = {k: tuple(values.get(k) or self.defaults[k]) for k in self.axes
+                if values.get(k) or k not in self.implicit}
         for key, vals in grid.items():
             if not vals or min(vals) < 1:
                 raise ProfileError(f"{key} values must be positive integers, got {list(vals)}")
@@ -49,13 +56,13 @@ class Task:
 
 TASKS = {t.name: t for t in (
     Task("text-generation", {"seq_len": ("sequence",), "batch_size": ("batch",)},
-         {"seq_len": (1024, 4096, 8192), "batch_size": (1,)}, "tokens/s", ("batch_size", "seq_len"),
+         {"seq_len": (1024, 4096, 8192)}, "tokens/s", ("batch_size", "seq_len"),
          "decoder LLM prefill: token ids -> last-token logits and the present key/value cache"),
     Task("image-classification", {"image_size": ("height", "width"), "batch_size": ("batch",)},
-         {"image_size": (224,), "batch_size": (1,)}, "images/s", ("batch_size",),
+         {"image_size": (224,)}, "images/s", ("batch_size",),
          "image backbone with a classification head: images -> class logits"),
     Task("embodied-policy", {"batch_size": ("batch",)}, {"batch_size": (1,)}, "steps/s", ("batch_size",),
-         "one policy step: observation + recurrent state -> action logits, value, new state"),
+         "one policy step: observation + recurrent state -> action logits, value, new state", implicit={}),
 )}
 
 

@@ -1,8 +1,11 @@
-"""Report rendering from profile JSON: names that tell models apart."""
+"""Report rendering from profile JSON: names that tell models apart, old and new (workload) rows."""
 
 from __future__ import annotations
 
-from edgekit.report import display_names, markdown
+import json
+
+from edgekit.profiling import add_ratios
+from edgekit.report import display_names, load_results, markdown, varying_axis, workload_of
 
 
 def test_display_names_are_file_names_unless_they_clash():
@@ -24,3 +27,52 @@ def test_markdown_rows_tell_same_named_files_apart():
     text = markdown(report)
     assert "| new/dhsa.onnx |" in text and "| old/dhsa.onnx |" in text
     assert text.rstrip().endswith("baseline: new/dhsa.onnx")
+
+
+OLD_ROW = {"model": "dense.onnx", "method": "dense", "seq_len": 4096, "status": "ok",
+           "latency_ms": {"median": 10.0, "p90": 11.0}, "peak_rss_mb": 100.0}
+IMAGE_ROW = {"model": "vit.onnx", "method": "dense", "task": "image-classification",
+             "workload": {"image_size": 224, "batch_size": 1}, "status": "ok",
+             "latency_ms": {"median": 2.0, "p90": 2.5}, "peak_rss_mb": 20.0,
+             "throughput": {"value": 500.0, "unit": "images/s"}}
+
+
+def test_old_and_new_rows_load_and_render(tmp_path):
+    path = tmp_path / "results.json"
+    failed = {"model": "dhsa.onnx", "workload": {"seq_len": 4096}, "seq_len": 4096, "status": "oom",
+              "error": "killed by the operating system (out of memory)"}
+    path.write_text(json.dumps({"results": [OLD_ROW, failed, IMAGE_ROW], "settings": {"baseline": "dense.onnx"}}))
+    text = markdown(load_results(str(path)))
+    header = text.splitlines()[0]
+    assert "| tokens | image px | batch |" in header and "| throughput |" in header
+    assert "| dense.onnx | dense | 4096 | — | — | ok |" in text
+    assert "| vit.onnx | dense | — | 224 | 1 | ok |" in text and "500.0 images/s" in text
+    assert "| oom [1] |" in text
+    assert "[1] dhsa.onnx @ 4096 tokens: killed by the operating system (out of memory)" in text
+
+
+def test_llm_table_has_no_throughput_column_without_throughput():
+    header = markdown({"results": [OLD_ROW], "settings": {"baseline": "dense.onnx"}}).splitlines()[0]
+    assert header == ("| model | method | tokens | status | median ms | p90 ms | peak MB | speedup vs baseline "
+                      "| memory vs baseline |")
+
+
+def test_workload_of_old_rows_is_their_seq_len():
+    assert workload_of(OLD_ROW) == {"seq_len": 4096}
+    assert workload_of(IMAGE_ROW) == {"image_size": 224, "batch_size": 1}
+
+
+def test_plot_axis_is_the_workload_that_varies():
+    rows = [dict(IMAGE_ROW, workload={"image_size": n, "batch_size": 1}) for n in (224, 384)]
+    assert varying_axis(rows) == "image_size"
+    rows = [dict(IMAGE_ROW, workload={"image_size": 224, "batch_size": b}) for b in (1, 8)]
+    assert varying_axis(rows) == "batch_size"
+    assert varying_axis([OLD_ROW]) == "seq_len"
+
+
+def test_ratios_match_the_baseline_at_the_same_workload():
+    rows = [dict(IMAGE_ROW, model=m, workload={"image_size": n, "batch_size": 1},
+                 latency_ms={"median": t, "p90": t}) for m, n, t in
+            [("base", 224, 4.0), ("base", 384, 8.0), ("fast", 224, 2.0), ("fast", 384, 2.0)]]
+    add_ratios(rows, baseline="base")
+    assert [r["speedup_vs_baseline"] for r in rows] == [1.0, 1.0, 2.0, 4.0]

@@ -1,0 +1,322 @@
+"""Bad input, tried as a new user would (issue 8).
+
+One table: every row is a command line, its exit code and what its error says. Usage errors read as click
+shows them (usage, the --help hint, `Error: ...`; exit 2); every other error is one `Error: ...` line
+(exit 1); bare `edgekit` prints help (exit 0). No row leaves a file under out/, and none says "internal
+error". Then the cases a table cannot hold: signals during a save, stale temp files, sweeps whose points
+fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from test_cli import edgekit
+
+from edgekit.errors import ShapeError
+
+OUT = "out/result"  # every failing command is pointed at files under out/: nothing may appear there
+IS_ROOT = os.geteuid() == 0  # root writes into a read-only folder: those rows cannot fail as root
+
+
+@dataclasses.dataclass(frozen=True)
+class Bad:
+    argv: list
+    code: int
+    says: tuple = ()  # substrings of the error line (of stdout for exit 0)
+    needs_non_root: bool = False
+
+
+def usage(*argv: str, says: str) -> Bad:
+    return Bad(list(argv), 2, (says,))
+
+
+def profile(*extra: str, model: str = "{w}/dense.onnx") -> list:
+    return ["profile", model, "--seq-lens", "32", *extra]
+
+
+ROWS = {
+    # -- usage errors: what is wrong, the --help hint, exit 2 ---------------------------------------
+    "bare_edgekit_prints_help": Bad([], 0, ("Usage: edgekit", "export", "profile")),
+    "export_without_output": usage("export", "llama-tiny", says="Missing option '-o' / '--output'"),
+    "export_budget_not_a_number": usage("export", "llama-tiny", "-o", f"{OUT}.onnx", "--budget-tokens", "abc",
+                                        says="Invalid value for '--budget-tokens'"),
+    "export_unknown_option": usage("export", "llama-tiny", "-o", f"{OUT}.onnx", "--budget", "9",
+                                   says="No such option: --budget"),
+    "unknown_command": usage("exprot", "llama-tiny", says="No such command 'exprot'"),
+    "profile_repeat_not_a_number": usage(*profile("--repeat", "x"), says="Invalid value for '--repeat'"),
+    "report_without_file": usage("report", says="Missing argument"),
+    # -- export ---------------------------------------------------------------------------------------
+    "export_unknown_model": Bad(["export", "llama-huge", "-o", f"{OUT}.onnx"], 1, ("unknown model 'llama-huge'",)),
+    "export_missing_folder": Bad(["export", "no/such/folder", "-o", f"{OUT}.onnx"], 1, ("no/such/folder",)),
+    "export_dense_with_dhsa_option": Bad(["export", "llama-tiny", "-o", f"{OUT}.onnx", "--budget-tokens", "64"], 1,
+                                         ("--method dhsa",)),
+    "export_unknown_architecture": Bad(["export", "{w}/gpt2-folder", "-o", f"{OUT}.onnx"], 1,
+                                       ("GPT2LMHeadModel", "LlamaForCausalLM")),
+    "export_budget0": Bad(["export", "llama-tiny", "-o", f"{OUT}.onnx", "--method", "dhsa", "--budget-tokens", "0"],
+                          1, ("budget_tokens",)),
+    "export_block0": Bad(["export", "llama-tiny", "-o", f"{OUT}.onnx", "--method", "dhsa", "--block-size", "0"], 1,
+                         ("block_size",)),
+    # -- profile: inputs that cannot work are refused before the sweep, with the reason ----------------
+    "profile_missing_file": Bad(profile("--json", f"{OUT}.json", model="{w}/missing.onnx"), 1, ("missing.onnx",)),
+    "profile_corrupt_onnx": Bad(profile("--json", f"{OUT}.json", "--plot", f"{OUT}.png", model="{w}/corrupt.onnx"),
+                                1, ("corrupt.onnx", "not a readable ONNX model")),
+    "profile_text_file": Bad(profile("--json", f"{OUT}.json", model="{w}/notes.txt"), 1,
+                             ("notes.txt", "expected an .onnx")),
+    "profile_onnx_named_txt": Bad(profile("--json", f"{OUT}.json", model="{w}/model.txt"), 1,
+                                  ("model.txt", "expected an .onnx")),
+    "profile_not_an_edgekit_model": Bad(profile("--json", f"{OUT}.json", model="{w}/add.onnx"), 1,
+                                        ("add.onnx", "not exported by edgekit")),
+    "profile_gguf_without_llamacpp": Bad(profile("--json", f"{OUT}.json", model="{w}/fake.gguf"), 1,
+                                         ("fake.gguf", "llama-cpp-python is not installed")),
+    "profile_unknown_ep": Bad(profile("--ep", "tpu", "--json", f"{OUT}.json"), 1, ("tpu", "cpu")),
+    "profile_cuda_unavailable": Bad(profile("--ep", "cuda", "--json", f"{OUT}.json"), 1,
+                                    ("CUDAExecutionProvider", "not available")),
+    "profile_seq_len_zero": Bad(["profile", "{w}/dense.onnx", "--seq-lens", "0", "--json", f"{OUT}.json"], 1,
+                                ("--seq-lens",)),
+    "profile_seq_len_text": Bad(["profile", "{w}/dense.onnx", "--seq-lens", "abc", "--json", f"{OUT}.json"], 1,
+                                ("--seq-lens", "abc")),
+    # -- settings out of range ------------------------------------------------------------------------
+    "profile_threads_negative": Bad(profile("--threads", "-3", "--json", f"{OUT}.json"), 1,
+                                    ("threads must be >= 1", "-3")),
+    "profile_repeat_zero": Bad(profile("--repeat", "0", "--json", f"{OUT}.json"), 1, ("repeat must be >= 1",)),
+    "profile_warmup_negative": Bad(profile("--warmup", "-1", "--json", f"{OUT}.json"), 1, ("warmup must be >= 0",)),
+    "profile_timeout_zero": Bad(profile("--timeout", "0", "--json", f"{OUT}.json"), 1, ("timeout must be > 0",)),
+    "profile_memory_limit_negative": Bad(profile("--memory-limit-mb", "-5", "--json", f"{OUT}.json"), 1,
+                                         ("memory_limit_mb must be > 0",)),
+    "passkey_threads_negative": Bad(["passkey", "{w}/dense.onnx", "--threads", "-3", "--json", f"{OUT}.json"], 1,
+                                    ("threads must be >= 1",)),
+    # -- output paths are checked before any slow work ------------------------------------------------
+    "export_onto_a_directory": Bad(["export", "llama-tiny", "-o", "{w}"], 1, ("it is a directory",)),
+    "export_parent_is_a_file": Bad(["export", "llama-tiny", "-o", "{w}/notes.txt/m.onnx"], 1,
+                                   ("notes.txt is a file, not a folder",)),
+    "export_empty_output": Bad(["export", "llama-tiny", "-o", ""], 1, ("output path is empty",)),
+    "export_read_only_folder": Bad(["export", "llama-tiny", "-o", "{w}/read-only/m.onnx"], 1, ("not writable",),
+                                   needs_non_root=True),
+    "profile_json_onto_a_directory": Bad(profile("--json", "{w}", "--plot", f"{OUT}.png"), 1, ("it is a directory",)),
+    "profile_plot_parent_is_a_file": Bad(profile("--json", f"{OUT}.json", "--plot", "{w}/notes.txt/p.png"), 1,
+                                         ("is a file, not a folder",)),
+    "profile_json_empty": Bad(profile("--json", ""), 1, ("output path is empty",)),
+    "profile_json_read_only_folder": Bad(profile("--json", "{w}/read-only/r.json"), 1, ("not writable",),
+                                         needs_non_root=True),
+    "report_plot_onto_a_directory": Bad(["report", "{w}/profile.json", "--plot", "{w}"], 1, ("it is a directory",)),
+    "passkey_json_parent_is_a_file": Bad(["passkey", "{w}/dense.onnx", "--json", "{w}/notes.txt/k.json"], 1,
+                                         ("is a file, not a folder",)),
+    "demo_output_dir_is_a_file": Bad(["demo", "--output-dir", "{w}/notes.txt"], 1, ("is a file, not a folder",)),
+    # -- report: results files of the wrong shape, named in one line ----------------------------------
+    "report_not_json": Bad(["report", "{w}/not-json.txt", "--plot", f"{OUT}.png"], 1, ("not-json.txt",)),
+    "report_binary_junk": Bad(["report", "{w}/junk.json", "--plot", f"{OUT}.png"], 1,
+                              ("cannot read profile results", "junk.json")),
+    "report_results_not_a_list": Bad(["report", "{w}/results-5.json"], 1, ("results-5.json", "'results'", "list")),
+    "report_results_empty": Bad(["report", "{w}/results-empty.json"], 1, ("results-empty.json", "no results")),
+    "report_row_without_latency": Bad(["report", "{w}/no-latency.json", "--plot", f"{OUT}.png"], 1,
+                                      ("no-latency.json: row 2: 'latency_ms' missing",)),
+    "report_row_without_seq_len": Bad(["report", "{w}/no-seq-len.json"], 1, ("row 1: 'seq_len' (or 'workload') missing",)),
+    "report_passkey_file": Bad(["report", "{w}/passkey.json"], 1, ("this is a passkey results file",)),
+}
+BAD_ROWS = [pytest.param(row, id=name) for name, row in ROWS.items()]
+# Every row runs in-process through `edgekit.cli.main` (what the console script calls: cheap); these also
+# run as a real process: the console script, its own streams and exit code.
+IN_A_PROCESS = ["bare_edgekit_prints_help", "export_without_output", "export_unknown_architecture",
+                "profile_not_an_edgekit_model", "profile_corrupt_onnx", "export_parent_is_a_file",
+                "report_row_without_latency", "report_not_json"]
+
+OK_ROW = {"model": "dense.onnx", "method": "dense", "seq_len": 32, "status": "ok",
+          "latency_ms": {"median": 1.0, "p90": 1.2}, "peak_rss_mb": 5.0}
+
+
+def run_main(monkeypatch, capfd, args, cwd) -> subprocess.CompletedProcess:
+    """`edgekit.cli.main()` in this process, with its exit code and both streams."""
+    from edgekit.cli import main
+
+    monkeypatch.delenv("EDGEKIT_DEBUG", raising=False)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["edgekit", *map(str, args)])
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main()
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(args, info.value.code, out, err)
+
+
+def _add_node_model(path: Path) -> None:
+    """A valid ONNX model that edgekit did not export: one Add node, no edgekit metadata."""
+    h = onnx.helper
+    x, y, z = (h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in "xyz")
+    onnx.save(h.make_model(h.make_graph([h.make_node("Add", ["x", "y"], ["z"])], "add", [x, y], [z])), path)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """Everything the rows point at, in one folder: a real tiny export and files of every wrong kind."""
+    import edgekit
+    from transformers import GPT2Config
+
+    w = tmp_path_factory.mktemp("bad-input")
+    edgekit.export("llama-tiny", str(w / "dense.onnx"), check_tokens=16)
+    (w / "model.txt").write_bytes((w / "dense.onnx").read_bytes())
+    _add_node_model(w / "add.onnx")
+    (w / "corrupt.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    (w / "junk.json").write_bytes(np.random.default_rng(1).bytes(4096))
+    (w / "fake.gguf").write_bytes(b"GGUF" + bytes(60))
+    (w / "notes.txt").write_text("median: fast\n")
+    (w / "not-json.txt").write_text("median: fast\n")
+    files = {"profile": {"results": [OK_ROW]}, "results-5": {"results": 5}, "results-empty": {"results": []},
+             "no-latency": {"results": [OK_ROW, {k: v for k, v in OK_ROW.items() if k != "latency_ms"}]},
+             "no-seq-len": {"results": [{k: v for k, v in OK_ROW.items() if k != "seq_len"}]},
+             "passkey": {"results": [{"model": "m.onnx", "seq_len": 256, "found": True}], "summary": []}}
+    for name, data in files.items():
+        (w / f"{name}.json").write_text(json.dumps(data))
+    GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0,
+               architectures=["GPT2LMHeadModel"]).save_pretrained(w / "gpt2-folder")
+    (w / "read-only").mkdir(mode=0o555)
+    return w
+
+
+def _argv(row: Bad, w: Path) -> list[str]:
+    if row.needs_non_root and IS_ROOT:
+        pytest.skip("root may write into a read-only folder")
+    return [a.format(w=w) for a in row.argv]
+
+
+def check(proc: subprocess.CompletedProcess, row: Bad, cwd: Path) -> None:
+    """The row's exit code and message; no traceback, no 'internal error', nothing written under out/."""
+    streams = proc.stdout + proc.stderr
+    assert proc.returncode == row.code, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in streams and "internal error" not in streams, streams
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    if row.code == 0:
+        assert not lines and all(text in proc.stdout for text in row.says), streams
+    elif row.code == 2:  # click's layout: usage, the hint, a blank line, the error
+        assert lines[-2].startswith("Try 'edgekit") and lines[-2].endswith(" --help' for help."), proc.stderr
+        assert lines[-1].startswith("Error: ") and all(text in lines[-1] for text in row.says), proc.stderr
+    else:
+        assert len(lines) == 1 and lines[0].startswith("Error: "), f"not one Error: line:\n{proc.stderr}"
+        assert all(text in lines[0] for text in row.says), lines[0]
+    out = cwd / "out"
+    assert not out.exists() or not list(out.iterdir()), f"files written: {list(out.iterdir())}"
+
+
+@pytest.mark.parametrize("row", BAD_ROWS)
+def test_bad_input(row, inputs, tmp_path, monkeypatch, capfd):
+    monkeypatch.setattr("edgekit.profiling.find_spec", lambda name: None)  # as if llama-cpp-python were absent
+    check(run_main(monkeypatch, capfd, _argv(row, inputs), tmp_path), row, tmp_path)
+
+
+@pytest.mark.parametrize("row", [row for row in BAD_ROWS if row.id in IN_A_PROCESS])
+def test_bad_input_console_script(row, inputs, tmp_path):
+    check(edgekit(*_argv(row, inputs), cwd=tmp_path), row, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# signals and stale temp files
+
+SLOW_SAVE = """
+import sys, time, onnx
+from edgekit.cli import main
+save = onnx.save
+def slow_save(proto, path, *args, **kwargs):  # a save that lasts: the signal arrives while it runs
+    save(proto, path, *args, **kwargs)
+    time.sleep(120)
+onnx.save = slow_save
+sys.argv = ["edgekit", *sys.argv[1:]]
+main()
+"""
+
+
+def _wait_for_temp(folder: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        temps = [p for p in folder.glob(".m.onnx.edgekit-*.tmp") if p.stat().st_size > 0]
+        if temps:
+            return temps[0]
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"no temp file appeared; stderr:\n{proc.communicate()[1]}")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_during_export_save_leaves_nothing(tmp_path, signum, code):
+    """Terminated while the model is half saved: "Aborted.", exit 128 + signal, neither temp nor output left."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, "export", "llama-tiny", "-o", str(tmp_path / "m.onnx"),
+                             "--check-tokens", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    _wait_for_temp(tmp_path, proc)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert stderr.strip().splitlines()[-1] == "Aborted." and "Traceback" not in stderr, stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_of_a_dead_process_is_removed_by_the_next_export(tmp_path, monkeypatch, capfd):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".m.onnx.edgekit-{dead.pid}-0badf00d.tmp"
+    live = tmp_path / f".m.onnx.edgekit-{os.getpid()}-0000cafe.tmp"  # a process still writing: kept
+    for temp in (stale, live):
+        temp.write_bytes(b"half a model")
+    proc = run_main(monkeypatch, capfd, ["export", "llama-tiny", "-o", tmp_path / "m.onnx", "--check-tokens", 16],
+                    tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "m.onnx"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# sweeps whose points fail
+
+
+def test_profile_where_every_point_failed_exits_1_after_table_and_json(inputs, tmp_path, monkeypatch, capfd):
+    """Each point is recorded (the sweep goes on), footnoted with its reason; then the error and exit 1."""
+    proc = run_main(monkeypatch, capfd, ["profile", inputs / "dense.onnx", "--seq-lens", "32,64", "--repeat", 1,
+                                         "--memory-limit-mb", 1, "--json", tmp_path / "oom.json"], tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: every point failed")
+    results = json.loads((tmp_path / "oom.json").read_text())["results"]
+    assert [(r["seq_len"], r["status"]) for r in results] == [(32, "oom"), (64, "oom")]
+    assert all(r["speedup_vs_baseline"] is None for r in results)
+    assert "| oom [1] |" in proc.stdout and "| oom [2] |" in proc.stdout
+    assert "[1] dense.onnx @ 32 tokens: RSS passed the 1 MB limit" in proc.stdout
+    assert "[2] dense.onnx @ 64 tokens: RSS passed the 1 MB limit" in proc.stdout
+
+
+def test_passkey_records_a_failing_point_and_goes_on(tmp_path, monkeypatch, capfd):
+    from edgekit.errors import ModelLoadError
+
+    passkey = importlib.import_module("edgekit.passkey")
+    try:
+        vocab = len(passkey.load_tokenizer())
+    except ModelLoadError as exc:
+        pytest.skip(str(exc))
+    h = onnx.helper
+    ids = h.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "sequence"])
+    logits = h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, "n", vocab])
+    graph = h.make_graph([h.make_node("Cast", ["input_ids"], ["logits"], to=1)], "g", [ids], [logits])
+    onnx.save(h.make_model(graph), tmp_path / "m.onnx")
+
+    def run_case(session, tokenizer, case):  # the first length fails as ONNX Runtime would fail it
+        if case["seq_len"] == 256:
+            raise ShapeError("ONNX Runtime rejected the inputs: indices element out of data bounds")
+        return {"seq_len": case["seq_len"], "depth": case["depth"], "trial": 0, "key": "1", "found": True}
+
+    monkeypatch.setattr(passkey, "_run_case", run_case)
+    monkeypatch.setattr("edgekit.session.Session", lambda *args, **kwargs: None)
+    proc = run_main(monkeypatch, capfd, ["passkey", tmp_path / "m.onnx", "--lengths", "256,512", "--depths", "0.5",
+                                         "--json", tmp_path / "k.json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "k.json").read_text())["results"]
+    assert [(r["seq_len"], r["status"]) for r in rows] == [(256, "error"), (512, "ok")]
+    assert "| 256 | 0/1 (1 failed) |" in proc.stdout and "| 512 | 1/1 |" in proc.stdout
+    assert "[1] m.onnx @ 256 tokens, depth 0.5: ONNX Runtime rejected the inputs" in proc.stdout
