@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import edgekit.exporting as export_module
-from edgekit.errors import (EdgekitError, ExportParityError, InvalidAttributeError, ModelLoadError,
+from edgekit.errors import (EdgekitError, ExportParityError, InvalidAttributeError, ModelLoadError, OutputError,
                             UnsupportedModelError)
 from edgekit.exporting import export
 from edgekit.exporters import families, presets
@@ -114,22 +114,38 @@ def test_graph_structure(exported, family, name, method):
     imports = {o.domain: o.version for o in model.opset_import}
     props = {p.key: p.value for p in model.metadata_props}
     assert props["edgekit.model"] == name and props["edgekit.method"] == method
-    if method == "dhsa":
-        assert nodes.count((DOMAIN, "DHSAAttention")) == layers
+    windowed = nodes.count((DOMAIN, "SlidingWindowAttention"))
+    assert windowed == sliding_layers(family.from_preset(name))
+    functions = [(f.domain, f.name) for f in model.functions]
+    if windowed:
+        assert (DOMAIN, "SlidingWindowAttention") in functions
+    if method == "dhsa" and windowed == layers:  # every layer is windowed (Mistral): nothing left for DHSA
+        assert (DOMAIN, "DHSAAttention") not in nodes and ("", "Attention") not in nodes
+    elif method == "dhsa":
+        assert nodes.count((DOMAIN, "DHSAAttention")) + windowed == layers
         assert ("", "Attention") not in nodes
-        assert [(f.domain, f.name) for f in model.functions] == [(DOMAIN, "DHSAAttention")]
+        assert (DOMAIN, "DHSAAttention") in functions
         assert imports[DOMAIN] == DOMAIN_OPSET
         node = next(n for n in model.graph.node if n.op_type == "DHSAAttention")
         version = get_op("DHSAAttention").version
         assert {p.key: p.value for p in node.metadata_props}["edgekit.version"] == str(version)
-        assert json.loads(props["edgekit.ops"]) == {"DHSAAttention": version}
+        assert json.loads(props["edgekit.ops"])["DHSAAttention"] == version
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert {k: attrs[k] for k in DHSA_OPTIONS} == DHSA_OPTIONS
         assert json.loads(props["edgekit.options"])["budget_tokens"] == 64
     else:
-        assert nodes.count(("", "Attention")) == layers
-        assert not [n for n in nodes if n[0] == DOMAIN] and not model.functions
-        assert DOMAIN not in imports
+        assert nodes.count(("", "Attention")) + windowed == layers
+        assert [n for n in nodes if n[0] == DOMAIN] == [(DOMAIN, "SlidingWindowAttention")] * windowed
+        assert functions == [(DOMAIN, "SlidingWindowAttention")] * bool(windowed)
+        assert (DOMAIN in imports) == bool(windowed)
+
+
+def sliding_layers(model) -> int:
+    """Layers whose Hugging Face attention has a sliding window (Gemma2/3's local layers, Mistral's)."""
+    def window(attn):
+        return getattr(attn, "sliding_window", None) or (
+            getattr(model.config, "sliding_window", None) if type(model).__name__.startswith("Mistral") else None)
+    return sum(bool(window(layer.self_attn)) for layer in model.model.layers)
 
 
 # Config values that make a feature matter with tiny random weights (a softcap of 50 barely bends logits of ~1).
@@ -154,19 +170,18 @@ def test_swapped_attention_matches_hugging_face_eager(monkeypatch, family, name,
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def test_gemma2_passes_window_and_softcap_to_dhsa(exported):
+@pytest.mark.parametrize("method", METHOD_OPTIONS)
+def test_sliding_layers_run_the_window_op_and_global_layers_keep_the_softcap(exported, method):
     name = next((n for _, n in TINY if n.startswith("gemma2")), None)
     assert name, "the Gemma2 family lost its tiny preset"
-    model = onnx.load(exported(name, "dhsa")[1])
+    model = onnx.load(exported(name, method)[1])
     config = presets()[name][1]
-    windows, softcaps = set(), set()
-    for node in model.graph.node:
-        if node.op_type == "DHSAAttention":
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            windows.add(attrs["sliding_window"])
-            softcaps.add(round(attrs["softcap"], 4))
-    assert config["sliding_window"] in windows  # the sliding layers
-    assert softcaps == {config["attn_logit_softcapping"]}
+    attrs = [(n.op_type, {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute})
+             for n in model.graph.node if n.op_type in ("SlidingWindowAttention", "DHSAAttention", "Attention")]
+    windowed = [a for op_type, a in attrs if op_type == "SlidingWindowAttention"]
+    assert windowed and {a["window"] for a in windowed} == {config["sliding_window"]}
+    assert {round(a["softcap"], 4) for _, a in attrs} == {config["attn_logit_softcapping"]}
+    assert len(windowed) < len(attrs)  # Gemma2 alternates: some layers are global
 
 
 def test_export_from_hugging_face_folder(tmp_path):
@@ -302,7 +317,7 @@ def test_failed_write_leaves_no_partial_or_temp_file(fast_export, monkeypatch, t
         raise OSError("disk full")
 
     monkeypatch.setattr(export_module.onnx, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         fast_export("llama-tiny", str(tmp_path / "out" / "m.onnx"), check_tokens=8)
     _assert_nothing_written(tmp_path / "out")
 

@@ -38,18 +38,27 @@ def _window_mask(seq_len: int, window: int) -> torch.Tensor:
     return (diff >= 0) & (diff < window)  # (S, S) True = attend
 
 
+def _sliding_window(query, key, value, scaling, softcap, sliding_window) -> torch.Tensor:
+    """A sliding-window layer costs O(S * window) in both exports: `edgekit::SlidingWindowAttention`
+    (standard ops inside; ONNX Attention with is_causal while S <= window). Returns (B, S, Hq, D)."""
+    out = get_op("SlidingWindowAttention")(query, key, value, window=int(sliding_window),
+                                           softcap=float(softcap or 0.0), scale=float(scaling or 0.0))
+    return out.transpose(1, 2).contiguous()
+
+
 def dense_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                     softcap=None, sliding_window=None, **kwargs):
-    """ONNX `Attention` (causal, GQA, optional window and softcap). Returns (B, S, Hq, D)."""
-    mask = _window_mask(query.shape[2], sliding_window) if sliding_window else None
+    """ONNX `Attention` (causal, GQA, optional softcap); sliding-window layers as above. Returns (B, S, Hq, D)."""
+    if sliding_window:
+        return _sliding_window(query, key, value, scaling, softcap, sliding_window), None
     if softcap and not torch.onnx.is_in_onnx_export():
-        return _softcapped_attention(query, key, value, mask, scaling, softcap).transpose(1, 2).contiguous(), None
-    out, *_ = torch.onnx.ops.attention(query, key, value, attn_mask=mask, is_causal=mask is None,
-                                       scale=scaling, softcap=float(softcap or 0.0))
+        return _softcapped_attention(query, key, value, scaling, softcap).transpose(1, 2).contiguous(), None
+    out, *_ = torch.onnx.ops.attention(query, key, value, is_causal=True, scale=scaling,
+                                       softcap=float(softcap or 0.0))
     return out.transpose(1, 2).contiguous(), None
 
 
-def _softcapped_attention(query, key, value, mask, scaling, softcap) -> torch.Tensor:
+def _softcapped_attention(query, key, value, scaling, softcap) -> torch.Tensor:
     """Eager twin of ONNX `Attention` with softcap: cap the scores, then mask (as ONNX Runtime and Gemma2 do).
 
     torch's eager `torch.onnx.ops.attention` masks first, so tanh turns a masked -inf into -softcap and
@@ -59,16 +68,21 @@ def _softcapped_attention(query, key, value, mask, scaling, softcap) -> torch.Te
     key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     scores = query @ key.transpose(-1, -2) * (scaling or query.shape[-1] ** -0.5)  # (B, Hq, S, S)
     scores = softcap * torch.tanh(scores / softcap)
-    allowed = mask if mask is not None else _window_mask(query.shape[2], query.shape[2])  # causal
-    return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ value
+    causal = _window_mask(query.shape[2], query.shape[2])
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1) @ value
 
 
 def dhsa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                    softcap=None, sliding_window=None, **kwargs):
-    """`edgekit::DHSAAttention` with the options stored on the config at export time."""
+    """`edgekit::DHSAAttention` on global layers, with the options stored on the config at export time.
+
+    A sliding-window layer keeps its window as its only key set (the window is already sparse).
+    """
+    if sliding_window:
+        return _sliding_window(query, key, value, scaling, softcap, sliding_window), None
     options = getattr(module.config, "edgekit_dhsa", {})
     out = get_op("DHSAAttention")(query, key, value, **options, scale=float(scaling or 0.0),
-                                  softcap=float(softcap or 0.0), sliding_window=int(sliding_window or 0))
+                                  softcap=float(softcap or 0.0))
     return out.transpose(1, 2).contiguous(), None
 
 
