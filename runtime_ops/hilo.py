@@ -290,6 +290,7 @@ def samples() -> list[Sample]:
         s("lofi_only_a1_8x8_c32_h4", 2, 8, 8, 32, 4, alpha=1.0),
         s("lofi_only_a1_7x5_c40_h5_w3", 1, 7, 5, 40, 5, alpha=1.0, window=3),
         s("odd_h5_a0.5_6x6_c80", 1, 6, 6, 80, 5, alpha=0.5),
+        s("h10_a0.9_is_9_lofi_heads", 1, 6, 6, 80, 10),  # 10 * 0.9 in float32 is 8.99999976
         s("a0.1_rounds_to_hifi_only", 1, 4, 4, 24, 3, alpha=0.1),
         s("window_gt_map_3x3_w4", 1, 3, 3, 32, 2, alpha=0.5, window=4),
         s("scale_0.3", 1, 6, 6, 32, 4, alpha=0.5, scale=0.3),
