@@ -1,0 +1,1 @@
+"""Image backbones (LITv2)."""

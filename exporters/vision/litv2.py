@@ -1,0 +1,356 @@
+"""LITv2 ("Fast Vision Transformers with HiLo Attention", NeurIPS 2022) in plain PyTorch, channels-last.
+
+A four-stage pyramid on (B, H, W, C) feature maps:
+
+  image (B, 3, H, W) -> 4x4 patch embedding (conv stride 4 + LayerNorm)
+  stage 1, 2: ConvFFN blocks only, no attention (LITv2's early stages)
+  stage 3:    attention (`method`, below) + ConvFFN blocks
+  stage 4:    plain multi-head self-attention + ConvFFN blocks (LITv2: HiLo with window 1 = MSA)
+  a patch merge (2x2, stride 2, channels x2) after stages 1-3
+  -> LayerNorm -> global average pool -> Linear head -> logits (B, num_classes)
+
+ConvFFN: Linear -> 3x3 depthwise conv -> GELU -> Linear (LITv2's DWMlp), pre-norm residual blocks.
+H and W must be multiples of 32 (four strides of 2 after the 4x4 embedding): no padding; a `ShapeError`
+says so. Under `torch.onnx.export(dynamic_shapes=...)` they stay symbolic (`to_onnx`).
+
+`method` changes stage 3's attention only, everything else is the same network:
+  hilo   edgekit::HiLoAttention (alpha of the heads Lo-Fi, the rest Hi-Fi windows of `window`);
+  msa    plain multi-head self-attention (q, kv, proj: the same modules as stage 4);
+  window local `window` x `window` attention only: the HiLo op with alpha 0 (one tested ONNX body, so
+         the comparison changes the mechanism, not the implementation);
+  sra    PVT's spatial-reduction attention: keys/values from a `window`-strided conv + LayerNorm.
+
+Patch merging — DTM replaced. LITv2 merges with deformable token merging (a 2x2 stride-2 deformable
+conv + BatchNorm + GELU). Here the merge is the same conv without offsets (2x2 stride-2 conv + BatchNorm +
+GELU): that is exactly DTM at its initialisation (LITv2 zero-initialises the offset conv), it exports to
+one ONNX Conv, and a released checkpoint's merge weights load into it; the learned offsets are dropped
+(`IGNORED`), so logits of a released checkpoint differ from LITv2's. A faithful DTM needs
+torchvision's deform_conv2d as the reference (ONNX DeformConv exists; not added here).
+
+Weights: `load_weights` reads a local `.safetensors` file or LITv2's released `.pth` state dict (maybe
+nested under "model"), weights only, and renames LITv2's parameters with `NAME_MAP` (a table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgekit.errors import InvalidAttributeError, ModelLoadError, ShapeError
+from edgekit.runtime_ops import get_op
+from edgekit.runtime_ops.attach import attach_functions
+from edgekit.runtime_ops.hilo import INPUTS as HILO_INPUTS
+from edgekit.runtime_ops.hilo import weight_shapes
+
+LITV2_CONFIGS = {
+    "litv2-s": dict(embed_dim=96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24)),
+    "litv2-m": dict(embed_dim=96, depths=(2, 2, 18, 2), heads=(3, 6, 12, 24)),
+    "litv2-b": dict(embed_dim=128, depths=(2, 2, 18, 2), heads=(4, 8, 16, 32)),
+    "litv2-tiny": dict(embed_dim=16, depths=(1, 1, 2, 1), heads=(1, 2, 2, 4)),  # tests: stage 3 has 1 + 1 heads
+}
+DEFAULTS = dict(alpha=0.9, window=2, mlp_ratio=4, num_classes=1000)  # LITv2's ALPHA and LOCAL_WS of stage 3
+METHODS = ("hilo", "msa", "window", "sra")
+STRIDE = 32  # image sides must be multiples of this
+
+# LITv2 parameter name (regex) -> ours; the first matching row wins. Stage 4 is LITv2's HiLo with
+# window 1, whose Lo-Fi layers are our plain MSA's.
+NAME_MAP = (
+    (r"^patch_embed\.proj\.", "patch_embed.proj."),
+    (r"^patch_embed\.norm\.", "patch_embed.norm."),
+    (r"^layers\.3\.blocks\.(\d+)\.attn\.l_q\.", r"stages.3.blocks.\1.attn.q."),
+    (r"^layers\.3\.blocks\.(\d+)\.attn\.l_kv\.", r"stages.3.blocks.\1.attn.kv."),
+    (r"^layers\.3\.blocks\.(\d+)\.attn\.l_proj\.", r"stages.3.blocks.\1.attn.proj."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.h_qkv\.", r"stages.\1.blocks.\2.attn.hi_qkv."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.h_proj\.", r"stages.\1.blocks.\2.attn.hi_proj."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.l_q\.", r"stages.\1.blocks.\2.attn.lo_q."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.l_kv\.", r"stages.\1.blocks.\2.attn.lo_kv."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.attn\.l_proj\.", r"stages.\1.blocks.\2.attn.lo_proj."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.norm1\.", r"stages.\1.blocks.\2.attn_norm."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.norm2\.", r"stages.\1.blocks.\2.ffn_norm."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", r"stages.\1.blocks.\2.ffn.fc1."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.dwconv\.dwconv\.", r"stages.\1.blocks.\2.ffn.dwconv."),
+    (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", r"stages.\1.blocks.\2.ffn.fc2."),
+    (r"^layers\.(\d+)\.downsample\.dconv\.(weight|bias)$", r"stages.\1.merge.conv.\2"),
+    (r"^layers\.(\d+)\.downsample\.norm_layer\.", r"stages.\1.merge.norm."),
+    (r"^norm\.", "norm."),
+    (r"^head\.", "head."),
+)
+IGNORED = (r"^layers\.\d+\.downsample\.dconv\.conv_offset\.",)  # DTM's learned offsets: no offsets here
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layers. Every module takes and returns channels-last maps (B, H, W, C) unless it says otherwise.
+
+
+class PatchEmbed(nn.Module):
+    """4x4 patches -> embed_dim channels, LayerNorm."""
+
+    def __init__(self, dim: int, patch: int = 4):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(image).permute(0, 2, 3, 1))  # (B, H/4, W/4, C)
+
+
+class Merge(nn.Module):
+    """Halve H and W, double channels: DTM without offsets (2x2 stride-2 conv, BatchNorm, GELU)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, 2 * dim, kernel_size=2, stride=2)
+        self.norm = nn.BatchNorm2d(2 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.norm(self.conv(x.permute(0, 3, 1, 2))))  # (B, 2C, H/2, W/2)
+        return y.permute(0, 2, 3, 1)
+
+
+class ConvFFN(nn.Module):
+    """Linear -> 3x3 depthwise conv -> GELU -> Linear: the conv gives the FFN positional information."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.dwconv(self.fc1(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, H, W, hidden)
+        return self.fc2(F.gelu(h))
+
+
+def multi_head(q_tokens: torch.Tensor, kv_tokens: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention of (B, N, C) queries over (B, M, 2C) keys|values; returns (B, N, C)."""
+    B, N, C = q_tokens.shape
+    q = q_tokens.view(B, N, heads, C // heads).transpose(1, 2)  # (B, heads, N, d)
+    k, v = kv_tokens.view(B, -1, 2, heads, C // heads).permute(2, 0, 3, 1, 4)  # each (B, heads, M, d)
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, C)
+
+
+class MSA(nn.Module):
+    """Plain multi-head self-attention (LITv2's stage 4: HiLo with window 1, all heads Lo-Fi)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(1, 2)  # (B, N, C)
+        return self.proj(multi_head(self.q(tokens), self.kv(tokens), self.heads).view_as(x))
+
+
+class SRA(nn.Module):
+    """PVT's spatial-reduction attention: all heads global over keys/values of a strided-conv map."""
+
+    def __init__(self, dim: int, heads: int, ratio: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.sr = nn.Conv2d(dim, dim, kernel_size=ratio, stride=ratio)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reduced = self.norm(self.sr(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2))  # (B, M, C)
+        out = multi_head(self.q(x.flatten(1, 2)), self.kv(reduced), self.heads)
+        return self.proj(out.view_as(x))
+
+
+class HiLo(nn.Module):
+    """edgekit::HiLoAttention with its projections; a branch without heads has no layers."""
+
+    LAYERS = ("hi_qkv", "hi_proj", "lo_q", "lo_kv", "lo_proj")  # LITv2's h_qkv, h_proj, l_q, l_kv, l_proj
+
+    def __init__(self, dim: int, heads: int, alpha: float, window: int):
+        super().__init__()
+        self.attrs = dict(num_heads=heads, alpha=alpha, window=window)
+        self.shapes = weight_shapes(dim, heads, alpha, window)
+        for name in self.LAYERS:
+            out_features, in_features = self.shapes[f"{name}_weight"]
+            setattr(self, name, nn.Linear(in_features, out_features) if out_features else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = []
+        for name in HILO_INPUTS[1:]:  # (hi_qkv_weight, hi_qkv_bias, ..., lo_proj_bias)
+            layer, kind = name.rsplit("_", 1)
+            module = getattr(self, layer)
+            weights.append(getattr(module, kind) if module is not None else x.new_zeros(self.shapes[name]))
+        return get_op("HiLoAttention")(x, *weights, **self.attrs)
+
+
+def stage3_attention(method: str, dim: int, heads: int, alpha: float, window: int) -> nn.Module:
+    """The one module that differs between the compared networks."""
+    if method == "hilo":
+        return HiLo(dim, heads, alpha, window)
+    if method == "window":
+        return HiLo(dim, heads, 0.0, window)
+    if method == "msa":
+        return MSA(dim, heads)
+    if method == "sra":
+        return SRA(dim, heads, window)
+    raise InvalidAttributeError(f"unknown LITv2 method '{method}'; known: {', '.join(METHODS)}")
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: optional attention, then ConvFFN."""
+
+    def __init__(self, dim: int, mlp_ratio: float, attn: nn.Module | None):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(dim) if attn is not None else None
+        self.attn = attn
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = ConvFFN(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn is not None:
+            x = x + self.attn(self.attn_norm(x))
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Stage(nn.Module):
+    def __init__(self, blocks: list[Block], merge: Merge | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.merge = merge
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.merge(x) if self.merge is not None else x
+
+
+class LITv2(nn.Module):
+    def __init__(self, embed_dim: int, depths: tuple, heads: tuple, alpha: float = 0.9, window: int = 2,
+                 mlp_ratio: float = 4, num_classes: int = 1000, method: str = "hilo"):
+        super().__init__()
+        dims = [embed_dim * 2 ** i for i in range(4)]
+        attention = [lambda i: None, lambda i: None,
+                     lambda i: stage3_attention(method, dims[2], heads[2], alpha, window),
+                     lambda i: MSA(dims[3], heads[3])]
+        self.method = method
+        self.patch_embed = PatchEmbed(embed_dim)
+        self.stages = nn.ModuleList(
+            Stage([Block(dims[s], mlp_ratio, attention[s](i)) for i in range(depths[s])],
+                  Merge(dims[s]) if s < 3 else None)
+            for s in range(4))
+        self.norm = nn.LayerNorm(dims[3])
+        self.head = nn.Linear(dims[3], num_classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_exporting():
+            check_image(image)
+        x = self.patch_embed(image)  # (B, H/4, W/4, C)
+        for stage in self.stages:
+            x = stage(x)  # ... (B, H/32, W/32, 8C)
+        return self.head(self.norm(x).mean(dim=(1, 2)))  # (B, num_classes)
+
+
+def check_image(image: torch.Tensor) -> None:
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ShapeError(f"LITv2 wants images (B, 3, H, W), got shape {list(image.shape)}")
+    if image.shape[2] % STRIDE or image.shape[3] % STRIDE:
+        raise ShapeError(f"LITv2 wants H and W multiples of {STRIDE}, got {image.shape[2]}x{image.shape[3]}")
+
+
+def init_weights(model: nn.Module) -> None:
+    """LITv2's initialisation: truncated-normal Linear, unit LayerNorm, fan-out normal depthwise convs."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d) and m.groups > 1:
+            nn.init.normal_(m.weight, std=(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups)) ** 0.5)
+            nn.init.zeros_(m.bias)
+
+
+def litv2(name: str = "litv2-s", method: str = "hilo", seed: int = 0, **overrides) -> LITv2:
+    """A LITv2 from a config name, seeded random weights (the global RNG is left as it was)."""
+    if name not in LITV2_CONFIGS:
+        raise InvalidAttributeError(f"unknown LITv2 config '{name}'; known: {', '.join(LITV2_CONFIGS)}")
+    if method not in METHODS:
+        raise InvalidAttributeError(f"unknown LITv2 method '{method}'; known: {', '.join(METHODS)}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LITv2(**{**DEFAULTS, **LITV2_CONFIGS[name], **overrides}, method=method)
+        init_weights(model)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Weights and export.
+
+
+def rename(name: str) -> str | None:
+    """Our name for a LITv2 parameter name (None: deliberately dropped); other names pass through."""
+    if any(re.match(pattern, name) for pattern in IGNORED):
+        return None
+    for pattern, ours in NAME_MAP:
+        if re.match(pattern, name):
+            return re.sub(pattern, ours, name)
+    return name
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file or a weights-only torch checkpoint (maybe under "model")."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"no weights file at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{path}: refused by weights-only loading ({first})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)] if isinstance(state, dict) else ["*"]
+    if bad:
+        raise ModelLoadError(f"{path}: not a state dict of tensors (first non-tensor entry: {bad[0]})")
+    return state
+
+
+def load_weights(model: LITv2, path: str | Path) -> LITv2:
+    """Load LITv2-named or edgekit-named tensors; ModelLoadError names the first tensor that does not fit."""
+    state = {ours: t for name, t in read_state_dict(path).items() if (ours := rename(name)) is not None}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        first = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected else
+                 f"{wrong[0]} has shape {list(state[wrong[0]].shape)}, expected {list(expected[wrong[0]].shape)}")
+        raise ModelLoadError(f"{path} does not fit LITv2 ({model.method}): {first} ({len(missing)} missing, "
+                             f"{len(unexpected)} unexpected, {len(wrong)} wrong shape)")
+    model.load_state_dict(state)
+    return model
+
+
+def to_onnx(model: LITv2, example_size: int = 64, batch: int = 2) -> onnx.ModelProto:
+    """Export image -> logits with symbolic batch, H and W (multiples of 32), edgekit bodies attached."""
+    image = torch.randn(batch, 3, example_size, example_size)
+    h, w = torch.export.Dim("h32", min=1, max=256), torch.export.Dim("w32", min=1, max=256)
+    dims = {"image": {0: torch.export.Dim("batch", min=1, max=4096), 2: STRIDE * h, 3: STRIDE * w}}
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed", as causal_lm
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model.eval(), (image,), input_names=["image"], output_names=["logits"],
+                                    dynamic_shapes=dims, opset_version=23, dynamo=True, verbose=False)
+    return attach_functions(program.model_proto)
