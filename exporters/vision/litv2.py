@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgekit.errors import InvalidAttributeError, ModelLoadError, ShapeError
+from edgekit.errors import InvalidAttributeError, ModelLoadError, ShapeError, first_line
 from edgekit.runtime_ops import get_op
 from edgekit.runtime_ops.attach import attach_functions
 from edgekit.runtime_ops.hilo import INPUTS as HILO_INPUTS
@@ -316,8 +316,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{path}: refused by weights-only loading ({first})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the class it would have to import
+        what = f"it pickles a {found[1]} object" if found else first_line(e, 120)
+        raise ModelLoadError(f"{path}: refused by weights-only loading ({what}); if you trust the file, re-save "
+                             "its tensors alone: torch.save(torch.load(p, weights_only=False)['model'], out)") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
