@@ -274,7 +274,8 @@ def init_weights(model: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Conv2d) and m.groups > 1:
-            nn.init.normal_(m.weight, std=(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups)) ** 0.5)
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, std=(2.0 / fan_out) ** 0.5)
             nn.init.zeros_(m.bias)
 
 
