@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from edgekit.errors import InvalidAttributeError, ModelLoadError, ShapeError
-from edgekit.exporters.vision.litv2 import LITV2_CONFIGS, METHODS, litv2, load_weights, to_onnx
+from edgekit.exporters.vision.litv2 import (DTM, LITV2_CONFIGS, METHODS, Merge, deformable_merge, litv2, load_weights,
+                                            to_onnx)
 
 # ours -> LITv2's names, written out by hand from the official code (the inverse of NAME_MAP)
 TO_LITV2 = (
@@ -23,13 +25,14 @@ TO_LITV2 = (
     (r"^stages\.(\d+)\.blocks\.(\d+)\.ffn_norm\.", lambda m: f"layers.{m[1]}.blocks.{m[2]}.norm2."),
     (r"^stages\.(\d+)\.blocks\.(\d+)\.ffn\.dwconv\.", lambda m: f"layers.{m[1]}.blocks.{m[2]}.mlp.dwconv.dwconv."),
     (r"^stages\.(\d+)\.blocks\.(\d+)\.ffn\.", lambda m: f"layers.{m[1]}.blocks.{m[2]}.mlp."),
+    (r"^stages\.(\d+)\.merge\.conv_offset\.", lambda m: f"layers.{m[1]}.downsample.dconv.conv_offset."),
     (r"^stages\.(\d+)\.merge\.conv\.", lambda m: f"layers.{m[1]}.downsample.dconv."),
     (r"^stages\.(\d+)\.merge\.norm\.", lambda m: f"layers.{m[1]}.downsample.norm_layer."),
 )
 
 
 def litv2_state_dict(model) -> dict[str, torch.Tensor]:
-    """The model's tensors under LITv2's names, plus DTM offset convs as a released checkpoint has them."""
+    """The model's tensors under LITv2's names."""
     state = {}
     for name, tensor in model.state_dict().items():
         for pattern, repl in TO_LITV2:
@@ -37,8 +40,6 @@ def litv2_state_dict(model) -> dict[str, torch.Tensor]:
                 name = re.sub(pattern, repl, name)
                 break
         state[name] = tensor.clone()
-    for stage, dim in enumerate([16, 32, 64]):
-        state[f"layers.{stage}.downsample.dconv.conv_offset.weight"] = torch.zeros(8, dim, 2, 2)
     return state
 
 
@@ -55,7 +56,7 @@ def tiny(method="hilo", seed=0):
 def test_configs_follow_litv2():
     assert LITV2_CONFIGS["litv2-s"] == dict(embed_dim=96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24))
     params = sum(p.numel() for p in litv2("litv2-s").parameters())
-    assert 27e6 < params < 29e6  # the paper's LITv2-S has 28M (its DTM offsets add ~3K)
+    assert 27e6 < params < 29e6  # the paper's LITv2-S: 28M
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -147,3 +148,54 @@ def test_pickled_objects_are_refused(tmp_path):
         load_weights(tiny(), tmp_path / "evil.pth")
     with pytest.raises(ModelLoadError, match="no weights file"):
         load_weights(tiny(), tmp_path / "absent.pth")
+
+
+def bilinear(image, y, x):
+    """image (C, H, W) at real (y, x): the four neighbours' blend, zero outside (LITv2's DCN kernel)."""
+    y0, x0 = math.floor(y), math.floor(x)
+    out = torch.zeros(image.shape[0])
+    for row, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+        for col, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+            if 0 <= row < image.shape[1] and 0 <= col < image.shape[2]:
+                out += wy * wx * image[:, row, col]
+    return out
+
+
+def deformable_conv_by_hand(image, offset, weight, bias):
+    B, _, Ho, Wo = offset.shape
+    out = torch.zeros(B, weight.shape[0], Ho, Wo)
+    for b in range(B):
+        for i in range(Ho):
+            for j in range(Wo):
+                acc = bias.clone()
+                for t, (ky, kx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+                    dy, dx = offset[b, 2 * t, i, j].item(), offset[b, 2 * t + 1, i, j].item()
+                    acc += weight[:, :, ky, kx] @ bilinear(image[b], 2 * i + ky + dy, 2 * j + kx + dx)
+                out[b, :, i, j] = acc
+    return out
+
+
+@pytest.mark.parametrize("H, W, spread", [(6, 8, 1.5), (4, 4, 3.0), (2, 2, 0.7)])
+def test_deformable_merge_matches_a_hand_written_deformable_conv(H, W, spread):
+    g = torch.Generator().manual_seed(H)
+    image, weight, bias = torch.randn(2, 3, H, W, generator=g), torch.randn(5, 3, 2, 2, generator=g), torch.randn(5)
+    offset = torch.randn(2, 8, H // 2, W // 2, generator=g) * spread  # some samples fall off the map
+    expected = deformable_conv_by_hand(image, offset, weight, bias)
+    torch.testing.assert_close(deformable_merge(image, offset, weight, bias), expected, rtol=0, atol=1e-5)
+
+
+def test_dtm_with_zero_offsets_is_the_plain_strided_conv():
+    dtm, conv = DTM(8).eval(), Merge(8).eval()
+    conv.load_state_dict({k: v for k, v in dtm.state_dict().items() if "offset" not in k})
+    x = torch.randn(2, 6, 10, 8)
+    torch.testing.assert_close(dtm(x), conv(x), rtol=0, atol=1e-5)
+
+
+def test_offset_free_merge_refuses_a_dtm_checkpoint(tmp_path):
+    torch.save(litv2_state_dict(tiny()), tmp_path / "dtm.pth")
+    plain = litv2("litv2-tiny", merge="conv", num_classes=10)
+    assert plain(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    with pytest.raises(ModelLoadError, match=r"unexpected stages\.0\.merge\.conv_offset\.weight \(0 missing, 6 unexp"):
+        load_weights(plain, tmp_path / "dtm.pth")
+    with pytest.raises(InvalidAttributeError, match="merge"):
+        litv2("litv2-tiny", merge="deformable")

@@ -20,12 +20,12 @@ says so. Under `torch.onnx.export(dynamic_shapes=...)` they stay symbolic (`to_o
          the comparison changes the mechanism, not the implementation);
   sra    PVT's spatial-reduction attention: keys/values from a `window`-strided conv + LayerNorm.
 
-Patch merging — DTM replaced. LITv2 merges with deformable token merging (a 2x2 stride-2 deformable
-conv + BatchNorm + GELU). Here the merge is the same conv without offsets (2x2 stride-2 conv + BatchNorm +
-GELU): that is exactly DTM at its initialisation (LITv2 zero-initialises the offset conv), it exports to
-one ONNX Conv, and a released checkpoint's merge weights load into it; the learned offsets are dropped
-(`IGNORED`), so logits of a released checkpoint differ from LITv2's. A faithful DTM needs
-torchvision's deform_conv2d as the reference (ONNX DeformConv exists; not added here).
+Patch merging: LITv2's deformable token merging (DTM, `merge="dtm"`, the default): a 2x2 stride-2
+deformable conv (offsets from a 2x2 stride-2 conv, zero-initialised) + BatchNorm + GELU. torchvision is
+not a dependency (its 0.28.0 wheel for torch 2.13.0 is a CUDA build whose kernels do not load against the
+CPU torch: "operator torchvision::nms does not exist"), so the deformable conv is written here with
+`grid_sample` (bilinear, zero outside the map, as LITv2's DCN kernel); it exports to ONNX GridSample. `merge="conv"` is DTM without offsets (what
+DTM is at initialisation): one ONNX Conv.
 
 Weights: `load_weights` reads a local `.safetensors` file or LITv2's released `.pth` state dict (maybe
 nested under "model"), weights only, and renames LITv2's parameters with `NAME_MAP` (a table).
@@ -58,7 +58,7 @@ LITV2_CONFIGS = {
     "litv2-b": dict(embed_dim=128, depths=(2, 2, 18, 2), heads=(4, 8, 16, 32)),
     "litv2-tiny": dict(embed_dim=16, depths=(1, 1, 2, 1), heads=(1, 2, 2, 4)),  # tests: stage 3 has 1 + 1 heads
 }
-DEFAULTS = dict(alpha=0.9, window=2, mlp_ratio=4, num_classes=1000)  # LITv2's ALPHA and LOCAL_WS of stage 3
+DEFAULTS = dict(alpha=0.9, window=2, mlp_ratio=4, num_classes=1000, merge="dtm")  # LITv2's stage-3 ALPHA, LOCAL_WS
 METHODS = ("hilo", "msa", "window", "sra")
 STRIDE = 32  # image sides must be multiples of this
 
@@ -80,12 +80,12 @@ NAME_MAP = (
     (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.", r"stages.\1.blocks.\2.ffn.fc1."),
     (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.dwconv\.dwconv\.", r"stages.\1.blocks.\2.ffn.dwconv."),
     (r"^layers\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.", r"stages.\1.blocks.\2.ffn.fc2."),
+    (r"^layers\.(\d+)\.downsample\.dconv\.conv_offset\.", r"stages.\1.merge.conv_offset."),
     (r"^layers\.(\d+)\.downsample\.dconv\.(weight|bias)$", r"stages.\1.merge.conv.\2"),
     (r"^layers\.(\d+)\.downsample\.norm_layer\.", r"stages.\1.merge.norm."),
     (r"^norm\.", "norm."),
     (r"^head\.", "head."),
 )
-IGNORED = (r"^layers\.\d+\.downsample\.dconv\.conv_offset\.",)  # DTM's learned offsets: no offsets here
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -105,7 +105,7 @@ class PatchEmbed(nn.Module):
 
 
 class Merge(nn.Module):
-    """Halve H and W, double channels: DTM without offsets (2x2 stride-2 conv, BatchNorm, GELU)."""
+    """Halve H and W, double channels: 2x2 stride-2 conv, BatchNorm, GELU (DTM without offsets)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -113,8 +113,50 @@ class Merge(nn.Module):
         self.norm = nn.BatchNorm2d(2 * dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.gelu(self.norm(self.conv(x.permute(0, 3, 1, 2))))  # (B, 2C, H/2, W/2)
-        return y.permute(0, 2, 3, 1)
+        y = self.downsample(x.permute(0, 3, 1, 2))  # (B, 2C, H/2, W/2)
+        return F.gelu(self.norm(y)).permute(0, 2, 3, 1)
+
+    def downsample(self, image: torch.Tensor) -> torch.Tensor:
+        return self.conv(image)
+
+
+class DTM(Merge):
+    """LITv2's deformable token merging: each 2x2 conv tap samples at a learned offset."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.conv_offset = nn.Conv2d(dim, 2 * len(TAPS), kernel_size=2, stride=2)
+        nn.init.zeros_(self.conv_offset.weight)  # as LITv2: DTM starts as the plain strided conv
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def downsample(self, image: torch.Tensor) -> torch.Tensor:
+        return deformable_merge(image, self.conv_offset(image), self.conv.weight, self.conv.bias)
+
+
+TAPS = ((0, 0), (0, 1), (1, 0), (1, 1))  # the 2x2 kernel's taps, row-major, as the offset channels
+
+
+def deformable_merge(image: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """2x2 stride-2 deformable conv: tap (ky, kx) of output (i, j) reads (2i + ky + dy, 2j + kx + dx).
+
+    offset (B, 8, H/2, W/2) holds (dy, dx) per tap; samples are bilinear with zeros outside the map.
+    """
+    B, C, H, W = image.shape
+    Ho, Wo = offset.shape[2:]
+    dy, dx = offset.view(B, len(TAPS), 2, Ho, Wo).unbind(2)  # each (B, 4, Ho, Wo)
+    ky = torch.tensor([t[0] for t in TAPS]).view(1, -1, 1, 1)
+    kx = torch.tensor([t[1] for t in TAPS]).view(1, -1, 1, 1)
+    rows = 2 * torch.arange(Ho).view(1, 1, -1, 1) + ky + dy  # (B, 4, Ho, Wo) in pixels
+    cols = 2 * torch.arange(Wo).view(1, 1, 1, -1) + kx + dx
+    grid = torch.stack([(2 * cols + 1) / W - 1, (2 * rows + 1) / H - 1], dim=-1)  # grid_sample's [-1, 1]
+    sampled = F.grid_sample(image, grid.view(B, -1, Wo, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # (B, C, 4*Ho, Wo)
+    columns = sampled.view(B, C * len(TAPS), Ho * Wo)  # channel-major then tap, as weight.flatten(1)
+    return (weight.flatten(1) @ columns).view(B, -1, Ho, Wo) + bias.view(1, -1, 1, 1)
+
+
+MERGES = {"dtm": DTM, "conv": Merge}
 
 
 class ConvFFN(nn.Module):
@@ -233,7 +275,7 @@ class Stage(nn.Module):
 
 class LITv2(nn.Module):
     def __init__(self, embed_dim: int, depths: tuple, heads: tuple, alpha: float = 0.9, window: int = 2,
-                 mlp_ratio: float = 4, num_classes: int = 1000, method: str = "hilo"):
+                 mlp_ratio: float = 4, num_classes: int = 1000, method: str = "hilo", merge: str = "dtm"):
         super().__init__()
         dims = [embed_dim * 2 ** i for i in range(4)]
         attention = [lambda i: None, lambda i: None,
@@ -243,7 +285,7 @@ class LITv2(nn.Module):
         self.patch_embed = PatchEmbed(embed_dim)
         self.stages = nn.ModuleList(
             Stage([Block(dims[s], mlp_ratio, attention[s](i)) for i in range(depths[s])],
-                  Merge(dims[s]) if s < 3 else None)
+                  MERGES[merge](dims[s]) if s < 3 else None)
             for s in range(4))
         self.norm = nn.LayerNorm(dims[3])
         self.head = nn.Linear(dims[3], num_classes)
@@ -285,6 +327,8 @@ def litv2(name: str = "litv2-s", method: str = "hilo", seed: int = 0, **override
         raise InvalidAttributeError(f"unknown LITv2 config '{name}'; known: {', '.join(LITV2_CONFIGS)}")
     if method not in METHODS:
         raise InvalidAttributeError(f"unknown LITv2 method '{method}'; known: {', '.join(METHODS)}")
+    if overrides.get("merge", "dtm") not in MERGES:
+        raise InvalidAttributeError(f"unknown LITv2 merge '{overrides['merge']}'; known: {', '.join(MERGES)}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LITv2(**{**DEFAULTS, **LITV2_CONFIGS[name], **overrides}, method=method)
@@ -296,10 +340,8 @@ def litv2(name: str = "litv2-s", method: str = "hilo", seed: int = 0, **override
 # Weights and export.
 
 
-def rename(name: str) -> str | None:
-    """Our name for a LITv2 parameter name (None: deliberately dropped); other names pass through."""
-    if any(re.match(pattern, name) for pattern in IGNORED):
-        return None
+def rename(name: str) -> str:
+    """Our name for a LITv2 parameter name; other names (ours already) pass through."""
     for pattern, ours in NAME_MAP:
         if re.match(pattern, name):
             return re.sub(pattern, ours, name)
@@ -332,7 +374,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_weights(model: LITv2, path: str | Path) -> LITv2:
     """Load LITv2-named or edgekit-named tensors; ModelLoadError names the first tensor that does not fit."""
-    state = {ours: t for name, t in read_state_dict(path).items() if (ours := rename(name)) is not None}
+    state = {rename(name): t for name, t in read_state_dict(path).items()}
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
