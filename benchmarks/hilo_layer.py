@@ -18,11 +18,10 @@ batch / median seconds. Markdown on stdout, progress on stderr, JSON (with the e
 from __future__ import annotations
 
 import argparse
-import io
 import contextlib
+import io
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from edgekit import profiling
 from edgekit.exporters.vision.litv2 import MSA, SRA, HiLo
 from edgekit.runtime_ops.attach import attach_functions
 
@@ -95,10 +95,8 @@ def markdown(results: dict, batches: list[int]) -> str:
 
 
 def environment(threads: int) -> dict:
-    return dict(python=platform.python_version(), torch=torch.__version__, onnx=onnx.__version__,
-                onnxruntime=ort.__version__, cpu=platform.processor() or platform.machine(),
-                provider="CPUExecutionProvider", intra_op_num_threads=threads, graph_optimization="ORT_ENABLE_ALL",
-                allow_spinning=0,
+    """edgekit's profile environment (versions, CPU, cores) plus this benchmark's session and layer."""
+    return dict(profiling.environment("cpu", threads), graph_optimization="ORT_ENABLE_ALL", allow_spinning=0,
                 layer=dict(tokens=f"{TOKENS}x{TOKENS}", dim=DIM, heads=HEADS))
 
 
