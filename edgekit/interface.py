@@ -20,6 +20,7 @@ Dim = int | str  # a fixed size, or the name of a symbolic axis ("batch", "seque
 TASK, METHOD, OPTIONS, MODEL, FAMILY = "edgekit.task", "edgekit.method", "edgekit.options", "edgekit.model", \
     "edgekit.family"
 INPUTS, OUTPUTS, RECURRENT, LIMITS = "edgekit.inputs", "edgekit.outputs", "edgekit.recurrent", "edgekit.limits"
+MULTIPLES = "edgekit.multiples"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +94,15 @@ class Interface:
     family: str = ""
     recurrent: Mapping[str, str] = dataclasses.field(default_factory=dict)  # output name -> input it feeds
     limits: Mapping[str, int] = dataclasses.field(default_factory=dict)  # axis -> largest size that is valid
+    multiples: Mapping[str, int] = dataclasses.field(default_factory=dict)  # axis -> it must be a multiple of
 
     def to_metadata(self) -> dict[str, str]:
         return {TASK: self.task, METHOD: self.method, OPTIONS: json.dumps(dict(self.options)),
                 MODEL: self.model, FAMILY: self.family,
                 INPUTS: json.dumps([s.to_json() for s in self.inputs]),
                 OUTPUTS: json.dumps([s.to_json() for s in self.outputs]),
-                RECURRENT: json.dumps(dict(self.recurrent)), LIMITS: json.dumps(dict(self.limits))}
+                RECURRENT: json.dumps(dict(self.recurrent)), LIMITS: json.dumps(dict(self.limits)),
+                MULTIPLES: json.dumps(dict(self.multiples))}
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str]) -> "Interface | None":
@@ -110,11 +113,18 @@ class Interface:
         return cls(task=meta[TASK], method=meta.get(METHOD, "?"), inputs=specs(INPUTS), outputs=specs(OUTPUTS),
                    options=json.loads(meta.get(OPTIONS, "{}")), model=meta.get(MODEL, ""),
                    family=meta.get(FAMILY, ""), recurrent=json.loads(meta.get(RECURRENT, "{}")),
-                   limits=json.loads(meta.get(LIMITS, "{}")))
+                   limits=json.loads(meta.get(LIMITS, "{}")), multiples=json.loads(meta.get(MULTIPLES, "{}")))
 
     def example_inputs(self, sizes: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         return {s.name: s.synthesize(sizes, rng) for s in self.inputs}
+
+    def check_sizes(self, sizes: Mapping[str, int]) -> None:
+        """Axes that must be multiples of a stride (an image side of a 32-stride backbone) raise ShapeError."""
+        bad = [f"{axis} {sizes[axis]} is not a multiple of {m}" for axis, m in self.multiples.items()
+               if axis in sizes and sizes[axis] % m]
+        if bad:
+            raise ShapeError(f"{'; '.join(bad)} (the model's {self.family or 'family'} needs it)")
 
     def over_limits(self, sizes: Mapping[str, int]) -> list[str]:
         """Axes whose size passes what the model was trained for (e.g. max_position_embeddings)."""

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import psutil
 
 from edgekit.ep_profiles import load_profile
-from edgekit.errors import ModelLoadError, ProfileError, first_line
+from edgekit.errors import ModelLoadError, ProfileError, ShapeError, first_line
 from edgekit.interface import TASK
 from edgekit.profile_worker import row_base
 from edgekit.tasks import describe, get_task
@@ -38,6 +38,7 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
                            memory_limit_mb=memory_limit_mb)
     task = get_task(common_task(models))
     workloads = task.workloads(seq_len=seq_lens, image_size=image_sizes, batch_size=batch_sizes)
+    check_workloads(models, task, workloads)
     results = []
     for workload in workloads:  # workload-major: models at one workload run close together in time
         for model in models:
@@ -57,13 +58,32 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
     return {"results": results, "environment": environment(ep, threads), "settings": settings}
 
 
+def check_workloads(models: Sequence[str], task, workloads: list[dict]) -> None:
+    """Sizes a model cannot take (an image side that is no multiple of its stride) fail before the sweep."""
+    from edgekit.interface import Interface
+
+    for model in models:
+        if Path(model).suffix != ".onnx":
+            continue
+        interface = Interface.from_metadata(_metadata(model))
+        for workload in workloads:
+            try:
+                interface.check_sizes(task.sizes(workload))
+            except ShapeError as exc:
+                raise ProfileError(f"{Path(model).name} cannot run {describe(workload)}: {exc}") from None
+
+
+def _metadata(path: str) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+
+
 def model_task(path: str) -> str:
     """The task an .onnx file declares (a .gguf is an LLM); a file edgekit did not export is an error."""
     if Path(path).suffix == ".gguf":
         return "text-generation"
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    meta = _metadata(path)
     if TASK not in meta:
         raise ProfileError(f"{path} was not exported by edgekit (its metadata has no {TASK}): "
                            "export it with `edgekit export`")

@@ -109,14 +109,15 @@ class Session:
                 "unknown model input(s): " + ", ".join(extra)
             raise ShapeError(f"{what}; inputs: {', '.join(self.input_names)}")
         checked = {s.name: s.validate(feeds[s.name]) for s in self.inputs}
-        self._warn_over_limits(checked)
+        self._check_sizes(checked)
         return checked
 
-    def _warn_over_limits(self, feeds: dict[str, np.ndarray]) -> None:
-        if not self.interface or not self.interface.limits:
+    def _check_sizes(self, feeds: dict[str, np.ndarray]) -> None:
+        if not self.interface:
             return
         sizes = {d: n for s in self.interface.inputs for d, n in zip(s.dims, feeds[s.name].shape)
                  if isinstance(d, str)}
+        self.interface.check_sizes(sizes)
         over = self.interface.over_limits(sizes)
         if over:
             warnings.warn(f"{'; '.join(over)}: past what the model was trained for (results may degrade)",

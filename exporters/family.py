@@ -37,12 +37,14 @@ class Method:
     # on this workload, runs the path a short check prompt would never reach (DHSA's sparse selection).
     path_check_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     path_check_workload: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    schema: str | None = None  # the op whose attribute schema validates `options` (default: `op`)
 
     def resolve(self, options: Mapping[str, Any]) -> dict:
         """Validate user options (all of them among `self.options`) against the op's schema."""
-        if self.op is None:
+        schema = self.schema or self.op
+        if schema is None:
             return dict(options)
-        resolved = get_op(self.op).resolve(**{**options, **self.fixed})
+        resolved = get_op(schema).resolve(**{**options, **self.fixed})
         return {k: resolved[k] for k in self.options}
 
 
@@ -110,11 +112,16 @@ class Family:
         return chosen.resolve(rest), graph
 
     @classmethod
+    def dynamic_shapes(cls, interface: Interface) -> dict:
+        """torch.export's dynamic shapes: every symbolic dim of the interface, free (families constrain)."""
+        return {s.name: {i: d for i, d in enumerate(s.dims) if isinstance(d, str)} for s in interface.inputs}
+
+    @classmethod
     def to_onnx(cls, graph: torch.nn.Module, interface: Interface,
                 example: Mapping[str, np.ndarray]) -> onnx.ModelProto:
         """Export with torch's dynamo exporter; symbolic axes and declared dims come from the interface."""
         args = tuple(torch.from_numpy(example[s.name]) for s in interface.inputs)
-        dynamic = {s.name: {i: d for i, d in enumerate(s.dims) if isinstance(d, str)} for s in interface.inputs}
+        dynamic = cls.dynamic_shapes(interface)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
             warnings.simplefilter("ignore")
