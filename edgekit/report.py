@@ -7,6 +7,7 @@ from pathlib import Path
 
 from edgekit.errors import ProfileError
 from edgekit.files import atomic_output
+from edgekit.tasks import describe
 
 
 def load_results(path: str) -> dict:
@@ -36,10 +37,21 @@ def _fmt(value, pattern: str) -> str:
     return "—" if value is None else pattern.format(value)
 
 
+def _workload_label(row: dict) -> str:
+    """A token model's row is labelled by its length; any other task's by its workload and throughput."""
+    if "seq_len" in row:
+        return str(row["seq_len"])
+    rate = row.get("throughput") or {}
+    label = describe(row.get("workload", {}))
+    return f"{label} ({rate['value']:.1f} {rate['unit']})" if rate else label
+
+
 def markdown(report: dict) -> str:
-    """One row per (model, length); ratios are against the first model at the same length."""
+    """One row per (model, workload); ratios are against the first model at the same workload."""
+    tokens = all("seq_len" in r for r in report["results"])
     rows = [
-        "| model | method | tokens | status | median ms | p90 ms | peak MB | speedup vs baseline | memory vs baseline |",
+        f"| model | method | {'tokens' if tokens else 'workload'} | status | median ms | p90 ms | peak MB "
+        "| speedup vs baseline | memory vs baseline |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     baseline = report.get("settings", {}).get("baseline", "?")
@@ -47,7 +59,7 @@ def markdown(report: dict) -> str:
     for r in report["results"]:
         lat = r.get("latency_ms") or {}
         rows.append(
-            f"| {names[r['model']]} | {r.get('method', '—')} | {r['seq_len']} | {r['status']} "
+            f"| {names[r['model']]} | {r.get('method', '—')} | {_workload_label(r)} | {r['status']} "
             f"| {_fmt(lat.get('median'), '{:.1f}')} | {_fmt(lat.get('p90'), '{:.1f}')} "
             f"| {_fmt(r.get('peak_rss_mb'), '{:.0f}')} | {_fmt(r.get('speedup_vs_baseline'), '{:.2f}x')} "
             f"| {_fmt(r.get('memory_ratio_vs_baseline'), '{:.2f}x')} |"
