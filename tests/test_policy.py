@@ -5,6 +5,11 @@ profile, checkpoints and the real DINOv2 encoder. Exports use the tiny preset (s
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,11 +30,21 @@ TINY = "embclip-tiny"
 OPTIONS = {"dense": {}, "codebook": {"top_k": 8}}
 
 
+def edgekit_cli(*args) -> subprocess.CompletedProcess:
+    script = shutil.which("edgekit", path=str(Path(sys.executable).parent))
+    command = [script] if script else [sys.executable, "-m", "edgekit.cli"]
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_DEBUG"}
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """method -> path of the tiny preset's export (each runs once for the module)."""
+    """method -> path of the tiny preset's export: dense through the API, codebook through the CLI."""
     folder = tmp_path_factory.mktemp("policy")
-    return {m: export(TINY, str(folder / f"p-{m}.onnx"), method=m, **o).path for m, o in OPTIONS.items()}
+    dense = export(TINY, str(folder / "p-dense.onnx"), method="dense").path
+    proc = edgekit_cli("export", TINY, "--method", "codebook", "-O", "top_k=8", "-o", folder / "p-codebook.onnx")
+    assert proc.returncode == 0 and "method codebook [top_k=8]" in proc.stdout, proc.stderr
+    return {"dense": dense, "codebook": str(folder / "p-codebook.onnx")}
 
 
 def torch_step(method: str):
@@ -103,6 +118,13 @@ def test_top_k_above_K_fails_in_one_line_before_export(monkeypatch, tmp_path):
     with pytest.raises(InvalidAttributeError, match=r"top_k \(40\) must be <= the codebook size K \(37\)") as info:
         export(TINY, str(tmp_path / "p.onnx"), method="codebook", top_k=40)
     assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
+
+
+def test_top_k_above_K_is_one_error_line_from_the_cli(tmp_path):
+    proc = edgekit_cli("export", TINY, "--method", "codebook", "-O", "top_k=40", "-o", tmp_path / "p.onnx")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: CodebookFilter: top_k (40)")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("method, options, error, named", [

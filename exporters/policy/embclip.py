@@ -115,7 +115,11 @@ class NavPolicy(nn.Module):
 
     def joint(self, image: torch.Tensor, goal: torch.Tensor, prev_action: torch.Tensor) -> torch.Tensor:
         """The joint embedding E (B, D): goal-conditioned visual features + previous action."""
-        visual = self.compressor(self.grid(image))  # (B, c1, p, p)
+        return self.joint_from_grid(self.grid(image), goal, prev_action)
+
+    def joint_from_grid(self, grid: torch.Tensor, goal: torch.Tensor, prev_action: torch.Tensor) -> torch.Tensor:
+        """E from an encoded (pooled) grid: the encoder can run once for many goals."""
+        visual = self.compressor(grid)  # (B, c1, p, p)
         tiled = self.embed_goal(goal)[:, :, None, None].expand(-1, -1, *visual.shape[-2:])  # (B, g, p, p)
         fused = self.combiner(torch.cat([visual, tiled], dim=1)).flatten(1)  # (B, m1 * p * p)
         return torch.cat([fused, self.embed_prev_action(prev_action)], dim=1)  # (B, D)
