@@ -87,9 +87,9 @@ class NavPolicy(nn.Module):
         super().__init__()
         self.config = c = config
         self.encoder = ENCODERS[c.encoder](c.image_size)
-        side = self.grid_side()
         if c.grid_pool:
-            self.register_buffer("pool", pooling_matrix(side, c.grid_pool), persistent=False)  # (p, side)
+            pool = pooling_matrix(self.encoder.grid_size(), c.grid_pool)  # (p, side)
+            self.register_buffer("pool", pool, persistent=False)
         self.compressor = nn.Sequential(nn.Conv2d(self.encoder.channels, c.compressor[0], 1), nn.ReLU(),
                                         nn.Conv2d(*c.compressor, 1), nn.ReLU())
         self.embed_goal = nn.Embedding(c.n_goals, c.goal_dims)
@@ -101,12 +101,8 @@ class NavPolicy(nn.Module):
         self.actor = nn.Linear(c.hidden, c.n_actions)
         self.critic = nn.Linear(c.hidden, 1)
 
-    def grid_side(self) -> int:
-        with torch.no_grad():
-            return self.encoder(torch.zeros(1, 3, self.config.image_size, self.config.image_size)).shape[-1]
-
     def joint_width(self) -> int:
-        cells = (self.config.grid_pool or self.grid_side()) ** 2
+        cells = (self.config.grid_pool or self.encoder.grid_size()) ** 2
         return self.config.combiner[1] * cells + self.config.action_embed
 
     def grid(self, image: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,10 @@ class Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def grid_size(self) -> int:
+        """Side of the square feature grid for this encoder's image size."""
+        raise NotImplementedError
+
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
         return (image - self.mean) / self.std  # (B, 3, H, W)
 
@@ -37,6 +41,9 @@ class TinyCNN(Encoder):
         super().__init__(image_size)
         self.net = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.ReLU(), nn.Conv2d(16, self.channels, 2, stride=2),
                                  nn.ReLU())
+
+    def grid_size(self) -> int:
+        return self.image_size // 8
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalise(image))  # (B, 32, H / 8, W / 8)
@@ -68,9 +75,12 @@ class DinoV2Grid(Encoder):
             table = emb.interpolate_pos_encoding(torch.zeros(1, tokens, self.channels), image_size, image_size)
         emb.position_embeddings = nn.Parameter(table.clone(), requires_grad=False)  # (1, 1 + h * w, 384)
 
+    def grid_size(self) -> int:
+        return self.image_size // self.patch
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         tokens = self.backbone(pixel_values=self.normalise(image)).last_hidden_state[:, 1:]  # (B, h * w, 384)
-        side = self.image_size // self.patch
+        side = self.grid_size()
         return tokens.transpose(1, 2).reshape(image.shape[0], self.channels, side, side)  # (B, 384, h, w)
 
 
