@@ -72,6 +72,13 @@ def markdown(report: dict) -> str:
     return "\n".join(rows) + "\n" + footer
 
 
+def _x_axis(report: dict):
+    """(x of a row, axis label, run name): prompt length for token models, batch size for the other tasks."""
+    if all("seq_len" in r for r in report["results"]):
+        return (lambda r: r["seq_len"]), "prompt tokens", "Prefill"
+    return (lambda r: r.get("workload", {}).get("batch_size", 1)), "batch size", "Step"
+
+
 def plot(report: dict, output: str) -> None:
     """Latency curves (log-log) beside peak-memory bars, one series per model."""
     import matplotlib
@@ -83,28 +90,29 @@ def plot(report: dict, output: str) -> None:
     series: dict[str, list[dict]] = {}
     for r in report["results"]:
         series.setdefault(r["model"], []).append(r)
-    lengths = sorted({r["seq_len"] for r in report["results"]})
+    x_of, x_label, run = _x_axis(report)
+    lengths = sorted({x_of(r) for r in report["results"]})
     names = display_names(series)
     fig, (ax_lat, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.8 / max(1, len(series))
     for i, (model, rs) in enumerate(series.items()):
         ok = [r for r in rs if r["status"] == "ok"]
         label = f"{names[model]} ({rs[0].get('method', '?')})"
-        ax_lat.plot([r["seq_len"] for r in ok], [r["latency_ms"]["median"] / 1000 for r in ok], "o-", label=label)
-        mem = {r["seq_len"]: r["peak_rss_mb"] for r in ok}
+        ax_lat.plot([x_of(r) for r in ok], [r["latency_ms"]["median"] / 1000 for r in ok], "o-", label=label)
+        mem = {x_of(r): r["peak_rss_mb"] for r in ok}
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(lengths))]
         ax_mem.bar(xs, [mem.get(n, 0) for n in lengths], width, label=label)
         for x, n in zip(xs, lengths):
-            failed = next((r["status"] for r in rs if r["seq_len"] == n and r["status"] != "ok"), None)
+            failed = next((r["status"] for r in rs if x_of(r) == n and r["status"] != "ok"), None)
             if failed:
                 ax_mem.annotate(failed, (x, 0), ha="center", va="bottom", rotation=90, fontsize=8)
-    ax_lat.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="prefill latency, median (s)",
-               title="Prefill latency")
+    ax_lat.set(xscale="log", yscale="log", xlabel=x_label, ylabel=f"{run.lower()} latency, median (s)",
+               title=f"{run} latency")
     ax_lat.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured lengths
     ax_lat.set_xticks(lengths, [str(n) for n in lengths])
     ax_lat.grid(True, which="both", alpha=0.3)
     ax_lat.legend(fontsize=8)
-    ax_mem.set(xlabel="prompt tokens", ylabel="peak RSS above loaded model (MB)", title="Peak memory")
+    ax_mem.set(xlabel=x_label, ylabel="peak RSS above loaded model (MB)", title="Peak memory")
     ax_mem.set_xticks(range(len(lengths)), [str(n) for n in lengths])
     ax_mem.legend(fontsize=8)
     env = report.get("environment", {})

@@ -24,3 +24,16 @@ def test_markdown_rows_tell_same_named_files_apart():
     text = markdown(report)
     assert "| new/dhsa.onnx |" in text and "| old/dhsa.onnx |" in text
     assert text.rstrip().endswith("baseline: new/dhsa.onnx")
+
+
+def test_policy_rows_are_labelled_by_workload_and_plotted_by_batch(tmp_path):
+    from edgekit.report import plot
+
+    rows = [{"model": m, "method": m.split(".")[0], "workload": {"batch_size": b}, "status": "ok",
+             "latency_ms": {"median": 2.0 * b, "p90": 2.0 * b}, "peak_rss_mb": 5.0,
+             "throughput": {"value": 500.0, "unit": "steps/s"}} for m in ("dense.onnx", "codebook.onnx") for b in (1, 4)]
+    report = {"results": rows, "settings": {"baseline": "dense.onnx"}}
+    text = markdown(report)
+    assert "| workload |" in text and "| batch 4 (500.0 steps/s) |" in text
+    plot(report, str(tmp_path / "policy.png"))
+    assert (tmp_path / "policy.png").read_bytes().startswith(b"\x89PNG")
