@@ -87,7 +87,8 @@ def _parse_options(pairs: List[str]) -> dict:
 def export(
     model: str = typer.Argument(..., help="preset name, packaged model, Hugging Face folder or .gguf file"),
     output: str = typer.Option(..., "-o", "--output", help="ONNX file to write"),
-    method: str = typer.Option("dense", help="the family's methods: see `edgekit models` (dense, dhsa, hilo, ...)"),
+    method: Optional[str] = typer.Option(None, help="a method of the model's family (`edgekit models`): dense, "
+                                                    "dhsa, hilo, codebook, ... [the family's baseline]"),
     weights: Optional[Path] = typer.Option(None, help="local checkpoint (.safetensors, or a state-dict .pth) "
                                                       "loaded into the preset's shape"),
     option: List[str] = typer.Option([], "--option", "-O", help="op option key=value (repeatable), e.g. "
@@ -122,7 +123,7 @@ def export(
     if plain_mean:
         options["length_scaled"] = 0
     check_writable(output)
-    with err.status(f"exporting {model} ({method})"):
+    with err.status(f"exporting {model} ({method or 'baseline'})"):
         result = run_export(model, output, method=method, weights=str(weights) if weights else None,
                             tolerance=atol, **options)
     opts = ", ".join(f"{k}={v}" for k, v in result.options.items())

@@ -41,10 +41,11 @@ class ExportResult:
         return self.check_workload.get("seq_len")
 
 
-def export(model: str, output: str, method: str = "dense", *, weights: str | None = None,
+def export(model: str, output: str, method: str | None = None, *, weights: str | None = None,
            tolerance: float | None = None, seed: int = 0, loaded: tuple | None = None,
            **options) -> ExportResult:
-    """Export a model's graph with the chosen method and check it against PyTorch before writing it.
+    """Export a model's graph with the chosen method (default: the family's baseline, e.g. dense) and check
+    it against PyTorch before writing it.
 
     `options` are the method's op options (e.g. DHSA's budget_tokens, HiLo's alpha) and the family's graph
     options (an LLM's logits_to_keep and check_tokens). `loaded` reuses a `sources.load(model)` result:
@@ -56,6 +57,7 @@ def export(model: str, output: str, method: str = "dense", *, weights: str | Non
         family = sources.presets()[model][0]
         family.check_workload(**family.split_options(method, options)[1])
     family, torch_model, name = loaded or sources.load(model, weights=weights)
+    method = family.method(method).name  # None: the family's baseline
     op_options, graph_options = family.split_options(method, options)
     workload = family.check_workload(**graph_options)
     interface = dataclasses.replace(family.interface(torch_model, **graph_options), method=method,

@@ -54,6 +54,7 @@ class Family:
     task: ClassVar[str]
     kind: ClassVar[str]  # sub-package: "llm", "vision", ...
     methods: ClassVar[dict[str, Method]]
+    default_method: ClassVar[str] = "dense"  # the baseline, what `export` writes when no method is named
     presets: ClassVar[dict[str, dict]] = {}
     architectures: ClassVar[tuple[str, ...]] = ()
     model_type: ClassVar[str | None] = None  # Hugging Face model_type, routed to the family too
@@ -92,7 +93,8 @@ class Family:
 
     # --- shared machinery ----------------------------------------------------------------------------
     @classmethod
-    def method(cls, name: str) -> Method:
+    def method(cls, name: str | None) -> Method:
+        name = name or cls.default_method
         if name not in cls.methods:
             raise EdgekitError(f"{cls.__name__} ({cls.task}) has no method '{name}'; choose one of "
                                f"{', '.join(cls.methods)}")
@@ -103,6 +105,7 @@ class Family:
         """(validated op options, graph options) from everything a user passed to export."""
         graph = {k: v for k, v in options.items() if k in cls.graph_options}
         chosen, rest = cls.method(method), {k: v for k, v in options.items() if k not in graph}
+        method = chosen.name
         unknown = sorted(set(rest) - set(chosen.options))
         if unknown:
             owners = [m.name for m in cls.methods.values() if set(unknown) <= set(m.options)]

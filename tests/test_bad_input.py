@@ -124,6 +124,37 @@ ROWS = {
                                       ("no-latency.json: row 2: 'latency_ms' missing",)),
     "report_row_without_seq_len": Bad(["report", "{w}/no-seq-len.json"], 1, ("row 1: 'seq_len' (or 'workload') missing",)),
     "report_passkey_file": Bad(["report", "{w}/passkey.json"], 1, ("this is a passkey results file",)),
+    # -- other model kinds: options, methods and checkpoints that do not fit ---------------------------
+    "export_hilo_alpha_above_1": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--method", "hilo",
+                                      "--alpha", "1.5"], 1, ("alpha", "<= 1")),
+    "export_hilo_window_0": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--method", "hilo", "--window", "0"],
+                                1, ("window", ">= 1")),
+    "export_unknown_method_for_family": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--method", "dhsa"], 1,
+                                            ("no method 'dhsa'", "hilo, msa, window, sra")),
+    "export_option_of_another_method": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--method", "msa",
+                                            "--alpha", "0.5"], 1, ("alpha does not apply to --method msa",
+                                                                   "--method hilo")),
+    "export_option_not_key_value": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "-O", "alpha"], 1,
+                                       ("--option wants key=value",)),
+    "export_checkpoint_that_does_not_fit": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--weights",
+                                                "{w}/wrong.safetensors"], 1, ("does not fit LITv2", "missing")),
+    "export_checkpoint_missing": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--weights", "{w}/none.pth"], 1,
+                                     ("weights file not found",)),
+    "export_weights_for_a_folder": Bad(["export", "{w}/gpt2-folder", "-o", f"{OUT}.onnx", "--weights",
+                                        "{w}/wrong.safetensors"], 1, ("--weights needs a preset name",)),
+    "export_codebook_top_k_above_codes": Bad(["export", "embclip-tiny", "-o", f"{OUT}.onnx", "--method", "codebook",
+                                              "-O", "top_k=100000"], 1, ("top_k",)),
+    "export_codebook_top_k_negative": Bad(["export", "embclip-tiny", "-o", f"{OUT}.onnx", "--method", "codebook",
+                                           "-O", "top_k=-1"], 1, ("top_k", ">= 0")),
+    "export_tolerance_zero": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--atol", "0"], 1,
+                                 ("tolerance (--atol) must be > 0",)),
+    "profile_seq_lens_on_an_image_model": Bad(["profile", "{w}/litv2.onnx", "--seq-lens", "32"], 1,
+                                              ("--seq-lens does not apply to image-classification",)),
+    "profile_image_size_not_a_multiple": Bad(["profile", "{w}/litv2.onnx", "--image-sizes", "100", "--json",
+                                              f"{OUT}.json"], 1, ("height 100 is not a multiple of 32",)),
+    "profile_models_of_different_tasks": Bad(["profile", "{w}/litv2.onnx", "{w}/dense.onnx"], 1,
+                                             ("different tasks", "image-classification", "text-generation")),
+    "profile_batch_size_zero": Bad(["profile", "{w}/litv2.onnx", "--batch-sizes", "0"], 1, ("--batch-sizes",)),
 }
 BAD_ROWS = [pytest.param(row, id=name) for name, row in ROWS.items()]
 # Every row runs in-process through `edgekit.cli.main` (what the console script calls: cheap); these also
@@ -165,6 +196,11 @@ def inputs(tmp_path_factory) -> Path:
 
     w = tmp_path_factory.mktemp("bad-input")
     edgekit.export("llama-tiny", str(w / "dense.onnx"), check_tokens=16)
+    edgekit.export("litv2-tiny", str(w / "litv2.onnx"), method="hilo")
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"head.weight": torch.zeros(3, 3)}, str(w / "wrong.safetensors"))
     (w / "model.txt").write_bytes((w / "dense.onnx").read_bytes())
     _add_node_model(w / "add.onnx")
     (w / "corrupt.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -320,3 +356,24 @@ def test_passkey_records_a_failing_point_and_goes_on(tmp_path, monkeypatch, capf
     assert [(r["seq_len"], r["status"]) for r in rows] == [(256, "error"), (512, "ok")]
     assert "| 256 | 0/1 (1 failed) |" in proc.stdout and "| 512 | 1/1 |" in proc.stdout
     assert "[1] m.onnx @ 256 tokens, depth 0.5: ONNX Runtime rejected the inputs" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------
+# the Session API of an image model: feeds that cannot work are named before ONNX Runtime sees them
+
+IMAGE_FEEDS = {
+    "rank_3": (np.zeros((3, 64, 64), np.float32), "'image' must have 4 dims"),
+    "one_channel": (np.zeros((1, 1, 64, 64), np.float32), "'image' dim 1 must be 3"),
+    "side_not_a_multiple": (np.zeros((1, 3, 64, 100), np.float32), "width 100 is not a multiple of 32"),
+    "integers": (np.zeros((1, 3, 64, 64), np.int64), "'image' must hold floats"),
+}
+
+
+@pytest.mark.parametrize("image, says", IMAGE_FEEDS.values(), ids=IMAGE_FEEDS.keys())
+def test_image_session_rejects_what_cannot_work(inputs, image, says):
+    from edgekit.session import Session
+
+    session = Session(str(inputs / "litv2.onnx"))
+    with pytest.raises(ShapeError, match=says):
+        session.run({"image": image})
+    assert session.run(np.zeros((2, 3, 64, 96), np.float32))["logits"].shape == (2, 1000)  # the control

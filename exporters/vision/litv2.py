@@ -426,6 +426,7 @@ class LITv2Family(Family):
                       doc="PVT's spatial-reduction attention: keys/values from a window-strided conv"),
     }
     presets = LITV2_CONFIGS
+    default_method = "msa"
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0) -> LITv2:
