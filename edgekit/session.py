@@ -123,6 +123,16 @@ class Session:
                           EdgekitWarning, stacklevel=3)
 
 
+def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    """The ONNX model at `path` (with its external data); a missing or unreadable file is a ModelLoadError."""
+    try:
+        return onnx.load(str(_checked_path(path)), load_external_data=load_external_data)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable ONNX model: {first_line(exc, 200)}") from None
+
+
 def _spec_of(arg) -> TensorSpec:
     dims = tuple(d if isinstance(d, int) else str(d) for d in (arg.shape or []))
     return TensorSpec(arg.name, _ORT_DTYPES.get(arg.type, arg.type), dims)
