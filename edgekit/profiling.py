@@ -56,12 +56,12 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
 
 
 def model_task(path: str) -> str:
-    """The task an .onnx file declares (a .gguf is an LLM); a file edgekit did not export is an error."""
+    """The task an .onnx / .ort file declares (a .gguf is an LLM); a file edgekit did not export is an error."""
     if Path(path).suffix == ".gguf":
         return "text-generation"
-    import onnx
+    from edgekit.session import read_metadata
 
-    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    meta = read_metadata(path)
     if TASK not in meta:
         raise ProfileError(f"{path} was not exported by edgekit (its metadata has no {TASK}): "
                            "export it with `edgekit export`")

@@ -26,7 +26,7 @@ from edgekit.agreement import Agreement, check_feeds, check_sizes, compare
 from edgekit.errors import ModelLoadError, QuantizationAgreementError, QuantizationError, ShapeError, first_line
 from edgekit.files import atomic_output_group, check_output_path
 from edgekit.interface import TensorSpec
-from edgekit.session import Session, load_model
+from edgekit.session import Session, file_bytes, load_model
 
 PRECISION_KEY, SETTINGS_KEY = "edgekit.precision", "edgekit.quantization"  # metadata written on the output
 TARGET_OPS = ("MatMul", "Gemm")  # not Attention: ORT would make it QAttention, which then fails to load
@@ -124,14 +124,13 @@ class _Source:
     @classmethod
     def load(cls, path: Path) -> "_Source":
         model = load_model(path, load_external_data=False)
-        locations = {external_data_helper.ExternalDataInfo(t).location for t in model.graph.initializer
-                     if external_data_helper.uses_external_data(t)}
+        external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+        size = file_bytes(path, model)
         try:
-            size = path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         except Exception as exc:
             raise ModelLoadError(f"cannot read the external data of {path}: {first_line(exc)}") from None
-        return cls(path, model, bool(locations), size)
+        return cls(path, model, external, size)
 
 
 def _quantized(source: _Source, work: Path, settings: QuantizeSettings,
