@@ -30,7 +30,7 @@ from edgekit.session import Session, file_bytes, load_model
 
 PRECISION_KEY, SETTINGS_KEY = "edgekit.precision", "edgekit.quantization"  # metadata written on the output
 TARGET_OPS = ("MatMul", "Gemm")  # not Attention: ORT would make it QAttention, which then fails to load
-KEPT_FLOAT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "Einsum", "Gather", "LSTM", "GRU")
+KEPT_FLOAT_OPS = ("Attention", "Conv", "ConvTranspose", "Einsum", "Gather", "LSTM", "GRU")  # heavy ops left float
 EXTERNAL_DATA_BYTES = 1.8e9  # above this, weights go to a `.data` file (protobuf cannot hold 2 GB)
 CALIBRATION_SAMPLES = 8
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two >= 16
@@ -382,7 +382,7 @@ def describe(source: onnx.ModelProto, quantized: onnx.ModelProto, precision: str
     else:
         targets, left = _float_targets(source), _float_targets(quantized)
         kept = [f"MatMul/Gemm {left}"] if left else []
-        kept += [f"{op} {after[op]}" for op in KEPT_FLOAT_OPS if op not in TARGET_OPS and after.get(op)]
+        kept += [f"{op} {after[op]}" for op in KEPT_FLOAT_OPS if after.get(op)]
         lines.append(f"quantized: {targets - left} of {targets} MatMul/Gemm; kept float: {', '.join(kept) or '-'}")
     lines += [f"float weights left: {_float_weights(quantized)}"]
     body = "body restored from the float model" if restored else "body untouched"
