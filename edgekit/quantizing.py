@@ -297,7 +297,9 @@ def _quiet() -> Iterator[None]:
 
 def _keep_edgekit(source: onnx.ModelProto, quantized: onnx.ModelProto, settings: QuantizeSettings
                   ) -> tuple[onnx.ModelProto, bool]:
-    """Keep the float model's functions (restored if a tool touched them), opset imports and metadata.
+    """Keep the float model's functions (restored if a tool touched them), opset imports and metadata; drop
+    the value_info the tools' shape inference recorded: it can hold wrong dims (gemma2-tiny with DHSA:
+    present.0.key with a fixed 47 where 'sequence' belongs), which ORT trusts when it reuses buffers.
 
     Returns the model and whether a function body had to be restored.
     """
@@ -307,6 +309,7 @@ def _keep_edgekit(source: onnx.ModelProto, quantized: onnx.ModelProto, settings:
     if restored:
         del quantized.functions[:]
         quantized.functions.extend(source.functions)
+    del quantized.graph.value_info[:]
     imported = {o.domain for o in quantized.opset_import}
     quantized.opset_import.extend(o for o in source.opset_import if o.domain not in imported)
     meta = {p.key: p.value for p in source.metadata_props}
