@@ -72,8 +72,8 @@ def compile_model(model: str | os.PathLike, output: str | os.PathLike, ep: str |
     """Optimize `model` for the profile's provider, save it as `fmt`, report placement and agreement.
 
     `ep` names a profile (profiles/<ep>.toml); `profile_file` gives one instead (`ep` None, or naming a
-    profile of the same provider). `strict_ep`: no CPU fallback; nodes the provider cannot run are named in a PlacementError and nothing
-    is written.
+    profile of the same provider). `strict_ep`: no CPU fallback; nodes the provider cannot run are named in
+    a PlacementError and nothing is written.
     """
     profile = _profile(ep, profile_file)
     providers = profile.providers()[: 1 if strict_ep else None]  # unknown or unavailable provider: one line
@@ -85,7 +85,7 @@ def compile_model(model: str | os.PathLike, output: str | os.PathLike, ep: str |
     with atomic_output_group(output) as folder:
         target = folder / Path(output).name
         large = fmt == "onnx" and file_bytes(model, source) > EXTERNAL_DATA_BYTES
-        placement = _optimize(Path(model), target, profile, providers, fmt, strict_ep, large, feeds[0])
+        placement = _optimize(_Plan(Path(model), target, profile, providers, fmt, strict_ep, large), feeds[0])
         if strict_ep:
             _check_strict(placement, profile.provider)
         agreement = compare(reference, Session(target, ep=profile), feeds, sizes)
@@ -115,37 +115,51 @@ def _check_output(output: str | os.PathLike, fmt: str) -> None:
     check_output_path(output)
 
 
-def _optimize(model: Path, target: Path, profile: Profile, providers: list, fmt: str, strict: bool, large: bool,
-              feed: dict) -> Placement:
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """One optimization: source, where ORT saves the result, for which provider, in which format."""
+
+    model: Path
+    target: Path
+    profile: Profile
+    providers: list
+    fmt: str
+    strict: bool
+    large: bool  # initializers go to `<target>.data`
+
+    def options(self) -> ort.SessionOptions:
+        options = self.profile.session_options()
+        options.optimized_model_filepath = str(self.target)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(self.target.parent / "placement")
+        if self.fmt == "ort":
+            options.add_session_config_entry("session.save_model_format", "ORT")
+        if self.large:
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             f"{self.target.name}.data")
+        if self.strict and self.profile.provider != CPU:  # ORT refuses the entry beside an explicit CPU EP
+            options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+            options.log_severity_level = 4  # ORT logs the refusal itself; the PlacementError says it once
+        return options
+
+
+def _optimize(plan: _Plan, feed: dict) -> Placement:
     """One session optimizes and saves the model, then runs one input with profiling on: the placement."""
-    options = _options(profile, target, fmt, strict, large)
+    provider = plan.profile.provider
     try:
-        session = ort.InferenceSession(str(model), options, providers=providers)
+        session = ort.InferenceSession(str(plan.model), plan.options(), providers=plan.providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        if strict:  # ask a fallback-allowed session which nodes the provider could not take
-            _check_strict(_optimize(model, target, profile, providers, fmt, False, large, feed), profile.provider)
-        raise CompileError(f"ONNX Runtime cannot optimize {model} for {profile.provider}: {first_line(exc)}") from None
-    if profile.provider not in session.get_providers():
-        raise ExecutionProviderError(f"{profile.provider} did not start (no usable device?); ONNX Runtime "
-                                     f"would run on {', '.join(session.get_providers())}")
-    session.run(None, feed)
+        if plan.strict:  # ask a fallback-allowed session which nodes the provider could not take
+            _check_strict(_optimize(dataclasses.replace(plan, strict=False), feed), provider)
+        raise CompileError(f"ONNX Runtime cannot optimize {plan.model} for {provider}: {first_line(exc)}") from None
+    if provider not in session.get_providers():
+        raise ExecutionProviderError(f"{provider} did not start (no usable device?); ONNX Runtime would run on "
+                                     f"{', '.join(session.get_providers())}")
+    try:
+        session.run(None, feed)
+    except Exception as exc:  # noqa: BLE001
+        raise CompileError(f"the optimized model fails on a check input: {first_line(exc)}") from None
     return _placement(session.end_profiling())
-
-
-def _options(profile: Profile, target: Path, fmt: str, strict: bool, large: bool) -> ort.SessionOptions:
-    options = profile.session_options()
-    options.optimized_model_filepath = str(target)
-    options.enable_profiling = True
-    options.profile_file_prefix = str(target.parent / "placement")
-    if fmt == "ort":
-        options.add_session_config_entry("session.save_model_format", "ORT")
-    if large:
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                         f"{target.name}.data")
-    if strict and profile.provider != CPU:  # ORT refuses the entry beside an explicit CPU provider
-        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        options.log_severity_level = 4  # ORT logs the refusal itself; the PlacementError says it once
-    return options
 
 
 def _placement(profile_json: str) -> Placement:

@@ -91,8 +91,10 @@ class Session:
         unknown = sorted(set(names) - set(self.output_names))
         if unknown:
             raise ShapeError(f"unknown model output(s): {', '.join(unknown)}; outputs: {', '.join(self.output_names)}")
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # ORT would also log a failed run on stderr; the ShapeError says it once
         try:
-            values = self._session.run(names, feeds)
+            values = self._session.run(names, feeds, quiet)
         except Exception as exc:
             raise ShapeError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
         return dict(zip(names, values))
