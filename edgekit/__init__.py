@@ -2,6 +2,8 @@
 
 The public API, one plain function per pipeline step:
     export(model, output, method=...)   model -> checked ONNX file
+    quantize(model, output, precision=...)  int8 / int8-static / int4 / fp16, checked against the float model
+    compile_model(model, output, ep=...)    ahead-of-time ORT optimization for a provider, placement report
     Session(path, ep=...)               run an exported model (edgekit ops included)
     profile(models, seq_lens)           prefill latency / peak memory side by side
     report.markdown(results)            render profile results
@@ -13,6 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {  # imported on first use: `import edgekit` stays fast and torch-free
     "export": ("edgekit.exporting", "export"),
+    "quantize": ("edgekit.quantizing", "quantize"),
+    "compile_model": ("edgekit.compiling", "compile_model"),
     "Session": ("edgekit.session", "Session"),
     "profile": ("edgekit.profiling", "profile"),
     "passkey": ("edgekit.passkey", "passkey"),

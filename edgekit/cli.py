@@ -200,6 +200,60 @@ def _fail_if_nothing_ran(results: dict) -> None:
         raise EdgekitError("every point failed; the reasons are listed under the table")
 
 
+@app.command()
+def quantize(
+    model: Path = typer.Argument(..., help="ONNX model (edgekit export, or any ONNX file)"),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write (+ OUTPUT.data for external data)"),
+    precision: str = typer.Option("int8", help="int8 (dynamic) | int8-static (QDQ, calibrated) | int4 (weight-only) "
+                                               "| fp16 (for GPU providers)"),
+    calibration: Optional[Path] = typer.Option(None, help="int8-static: .npz of arrays named like the model's "
+                                                          "inputs (a leading axis stacks samples) [synthetic]"),
+    block_size: int = typer.Option(32, help="int4: weights per quantization block"),
+    accuracy_level: int = typer.Option(4, help="int4: MatMulNBits compute type (4: int8 on CPU, 1: fp32)"),
+    atol: Optional[float] = typer.Option(None, help="fail (write nothing) if an output differs by more [report only]"),
+    min_top1: Optional[float] = typer.Option(None, help="fail (write nothing) below this top-1 agreement of the logits"),
+    seed: int = typer.Option(0, help="seed of the check (and synthetic calibration) inputs"),
+):
+    """Quantize a model with ONNX Runtime's tools, keeping edgekit ops, and check it against the float model."""
+    from edgekit.quantizing import quantize as run_quantize
+
+    with err.status(f"quantizing {model} ({precision})"):
+        r = run_quantize(model, output, precision, calibration=calibration, block_size=block_size,
+                         accuracy_level=accuracy_level, atol=atol, min_top1=min_top1, seed=seed)
+    data = " + .data" if r.external_data else ""
+    typer.echo(f"wrote {r.path}{data} ({r.size_mb[1]:.2f} MB, {r.size_ratio:.2f}x of {r.size_mb[0]:.2f} MB; "
+               f"weights {r.weights_mb[1]:.2f} MB, {r.weights_ratio:.2f}x): {r.settings.precision}")
+    for line in r.notes:
+        typer.echo(f"  {line}")
+    if r.agreement:
+        typer.echo(f"agreement with the float model: {r.agreement.describe()}")
+
+
+@app.command("compile")
+def compile_cmd(
+    model: Path = typer.Argument(..., help="ONNX model to optimize"),
+    output: Path = typer.Option(..., "-o", "--output", help="optimized model to write (.onnx, or .ort with "
+                                                             "--format ort)"),
+    ep: Optional[str] = typer.Option(None, help="execution-provider profile: cpu | cuda | ... (profiles/<name>.toml) "
+                                                "[cpu]"),
+    profile_file: Optional[Path] = typer.Option(None, help="a profile .toml to use instead of a named one"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | ort (ORT format, for minimal / mobile builds)"),
+    strict_ep: bool = typer.Option(False, "--strict-ep", help="no CPU fallback: fail, naming the nodes the "
+                                                               "provider cannot run"),
+):
+    """Optimize a model ahead of time for one execution provider; report node placement and agreement."""
+    from edgekit.compiling import compile_model
+
+    with err.status(f"compiling {model}"):
+        r = compile_model(model, output, ep, profile_file=profile_file, fmt=fmt, strict_ep=strict_ep)
+    typer.echo(f"wrote {r.path} ({r.size_mb:.2f} MB, {r.format} format): optimized for {r.provider} "
+               f"(profile {r.profile}, level {r.optimization_level})")
+    typer.echo("placement (nodes run once on a check input, from ONNX Runtime's profile):")
+    for line in r.placement.describe(r.provider) + r.notes:
+        typer.echo(f"  {line}")
+    typer.echo(f"agreement with the original: {r.agreement.describe()}")
+
+
 @app.command("report")
 def report_cmd(
     results: Path = typer.Argument(..., help="JSON written by `edgekit profile --json`"),

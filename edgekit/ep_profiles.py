@@ -87,16 +87,18 @@ def available_profiles() -> list[str]:
     return sorted(p.stem for p in profiles_dir().glob("*.toml"))
 
 
-def load_profile(name: str) -> Profile:
-    """Read and validate profiles/<name>.toml; an unknown name lists the known ones."""
-    path = profiles_dir() / f"{name}.toml"
+def load_profile(name: str | os.PathLike) -> Profile:
+    """Read and validate profiles/<name>.toml, or a profile file given by path (`*.toml`); an unknown name
+    lists the known ones."""
+    given = Path(name)
+    path = given if given.suffix == ".toml" else profiles_dir() / f"{name}.toml"
     if not path.is_file():
-        raise ExecutionProviderError(
-            f"unknown execution-provider profile '{name}'; known: {', '.join(available_profiles())}"
-        )
+        raise ExecutionProviderError(f"profile file not found: {given}" if given.suffix == ".toml" else
+                                     f"unknown execution-provider profile '{name}'; known: "
+                                     f"{', '.join(available_profiles())}")
     try:
         data = tomllib.loads(path.read_text())
-        return Profile(**{"name": name, **data})
+        return Profile(**{"name": path.stem, **data})
     except tomllib.TOMLDecodeError as exc:
         raise ExecutionProviderError(f"{path}: not valid TOML: {exc}") from None
     except pydantic.ValidationError as exc:

@@ -54,3 +54,20 @@ class ProfileError(EdgekitError):
 
 class EdgekitWarning(UserWarning):
     """Valid but doubtful input (a prompt past the trained context, ...); the CLI prints it as one line."""
+
+
+
+class QuantizationError(EdgekitError):
+    """A model cannot be quantized as asked (unknown precision, bad calibration data, a quantizer failure)."""
+
+
+class QuantizationAgreementError(QuantizationError):
+    """The quantized model disagrees with the float model beyond the user's --atol / --min-top1."""
+
+
+class CompileError(EdgekitError):
+    """Ahead-of-time optimization for an execution provider failed."""
+
+
+class PlacementError(CompileError):
+    """Strict placement: nodes the requested execution provider cannot run (they would fall back to CPU)."""

@@ -75,3 +75,46 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_output_group(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a private folder beside `path` for a file that may come with side files (ONNX external data).
+
+    The block writes `<folder>/<path's name>` and, if it needs them, `<folder>/<path's name>.*` (e.g.
+    `model.onnx.data`); anything else in the folder is scratch. On success the side files move into place
+    first and the model last, so a model never appears without its data; on failure nothing appears. The
+    folder is named like `atomic_output`'s temps, so one left by a killed process is removed later too.
+    """
+    target = check_writable(path)
+    folder = target.parent / f"{_temp_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        folder.mkdir()
+        yield folder
+        _publish(folder, target)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        _remove(folder)
+
+
+def _publish(folder: Path, target: Path) -> None:
+    sides = sorted(folder.glob(f"{target.name}.*"))
+    moved = []
+    try:
+        for file in [*sides, folder / target.name]:
+            os.chmod(file, 0o666 & ~_umask())
+            os.replace(file, target.parent / file.name)
+            moved.append(target.parent / file.name)
+    except BaseException:
+        for file in moved[: len(sides)]:  # side files moved before the model failed to: take them back
+            file.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

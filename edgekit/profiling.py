@@ -63,7 +63,7 @@ def check_workloads(models: Sequence[str], task, workloads: list[dict]) -> None:
     from edgekit.interface import Interface
 
     for model in models:
-        if Path(model).suffix != ".onnx":
+        if Path(model).suffix == ".gguf":
             continue
         interface = Interface.from_metadata(_metadata(model))
         for workload in workloads:
@@ -74,13 +74,13 @@ def check_workloads(models: Sequence[str], task, workloads: list[dict]) -> None:
 
 
 def _metadata(path: str) -> dict[str, str]:
-    import onnx
+    from edgekit.session import read_metadata
 
-    return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    return read_metadata(path)
 
 
 def model_task(path: str) -> str:
-    """The task an .onnx file declares (a .gguf is an LLM); a file edgekit did not export is an error."""
+    """The task an .onnx / .ort file declares (a .gguf is an LLM); a file edgekit did not export is an error."""
     if Path(path).suffix == ".gguf":
         return "text-generation"
     meta = _metadata(path)
@@ -136,28 +136,24 @@ def check_settings(**settings) -> None:
 
 
 def _check_model_file(model: str) -> None:
-    """Only files a runner can load pass: an .onnx exported by edgekit, or a .gguf when llama.cpp is here."""
+    """Only files a runner can load pass: an .onnx / .ort (compiled) exported by edgekit, or a .gguf when
+    llama.cpp is here."""
     suffix = Path(model).suffix
     if not Path(model).is_file():
         raise ProfileError(f"model file not found: {model}")
-    if suffix == ".onnx":
+    if suffix in (".onnx", ".ort"):
         _check_onnx_file(model)
     elif suffix != ".gguf":
-        raise ProfileError(f"cannot profile {model}: expected an .onnx (ONNX Runtime) or .gguf (llama.cpp) file")
+        raise ProfileError(f"cannot profile {model}: expected an .onnx / .ort (ONNX Runtime) or .gguf (llama.cpp) "
+                           "file")
     elif find_spec("llama_cpp") is None:
         raise ProfileError(f"{model} runs in llama.cpp, but llama-cpp-python is not installed: "
                            f"pip install -e '.[llamacpp]' (it compiles for several minutes)")
 
 
 def _check_onnx_file(path: str) -> None:
-    """A file that is no edgekit ONNX model fails the request, not every length of the sweep one by one."""
-    import onnx
-
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{path} is not a readable ONNX model: {first_line(exc, 200)}") from None
-    if not {p.key for p in proto.metadata_props} & {"edgekit.method", "edgekit.task"}:
+    """A file that is no edgekit ONNX model fails the request, not every point of the sweep one by one."""
+    if not set(_metadata(path)) & {"edgekit.method", "edgekit.task"}:
         raise ModelLoadError(f"{path} was not exported by edgekit (no edgekit.method metadata): "
                              f"export it with `edgekit export`")
 

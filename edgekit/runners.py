@@ -70,12 +70,14 @@ class LlamaCppPrefill:
 
 
 def runner_for(path: str, ep: str = "cpu", threads: int | None = None, context: int = 0):
-    """Pick the runner by file type: .onnx -> ONNX Runtime, .gguf -> llama.cpp (context: longest prompt)."""
+    """Pick the runner by file type: .onnx / .ort (compiled) -> ONNX Runtime, .gguf -> llama.cpp (context:
+    longest prompt)."""
     suffix = Path(path).suffix
     if not Path(path).is_file():
         raise ModelLoadError(f"model file not found: {path}")
-    if suffix == ".onnx":
+    if suffix in (".onnx", ".ort"):
         return OnnxRunner(path, ep=ep, threads=threads)
     if suffix == ".gguf":
         return LlamaCppPrefill(path, threads=threads, context=context)
-    raise ModelLoadError(f"cannot profile {path}: expected an .onnx (ONNX Runtime) or .gguf (llama.cpp) file")
+    raise ModelLoadError(f"cannot profile {path}: expected an .onnx / .ort (ONNX Runtime) or .gguf (llama.cpp) "
+                          "file")

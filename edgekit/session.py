@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgekit.ep_profiles import load_profile
+from edgekit.ep_profiles import Profile, load_profile
 from edgekit.errors import EdgekitWarning, ModelLoadError, ShapeError, first_line
 from edgekit.interface import Interface, TensorSpec
 
@@ -31,10 +31,11 @@ class Session:
     >>> logits = s.run({"input_ids": ids})["logits"]
     """
 
-    def __init__(self, model: str | os.PathLike | onnx.ModelProto, ep: str = "cpu", threads: int | None = None):
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, ep: str | Profile = "cpu",
+                 threads: int | None = None):
         if threads is not None and threads < 1:
             raise ShapeError(f"threads must be >= 1, got {threads}")
-        self.profile = load_profile(ep)
+        self.profile = ep if isinstance(ep, Profile) else load_profile(ep)
         options = self.profile.session_options(threads)
         providers = self.profile.providers()
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else _checked_path(model)
@@ -90,8 +91,10 @@ class Session:
         unknown = sorted(set(names) - set(self.output_names))
         if unknown:
             raise ShapeError(f"unknown model output(s): {', '.join(unknown)}; outputs: {', '.join(self.output_names)}")
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # ORT would also log a failed run on stderr; the ShapeError says it once
         try:
-            values = self._session.run(names, feeds)
+            values = self._session.run(names, feeds, quiet)
         except Exception as exc:
             raise ShapeError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
         return dict(zip(names, values))
@@ -122,6 +125,32 @@ class Session:
         if over:
             warnings.warn(f"{'; '.join(over)}: past what the model was trained for (results may degrade)",
                           EdgekitWarning, stacklevel=3)
+
+
+def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    """The ONNX model at `path` (with its external data); a missing or unreadable file is a ModelLoadError."""
+    try:
+        return onnx.load(str(_checked_path(path)), load_external_data=load_external_data)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable ONNX model: {first_line(exc, 200)}") from None
+
+
+def file_bytes(path: str | os.PathLike, model: onnx.ModelProto) -> int:
+    """The model file plus the external data files its initializers name (`model` loaded without them)."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    data = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
+    return path.stat().st_size + sum((path.parent / d).stat().st_size for d in data if (path.parent / d).exists())
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A model file's metadata without its weights; ORT-format files (no protobuf) through ONNX Runtime."""
+    if Path(path).suffix == ".ort":
+        return Session(path).metadata
+    return {p.key: p.value for p in load_model(path, load_external_data=False).metadata_props}
 
 
 def _spec_of(arg) -> TensorSpec:

@@ -25,6 +25,9 @@ class Task:
     doc: str = ""
     implicit: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"batch_size": 1})
     # ^ keys left out of a workload unless swept (a batch of 1 is not worth a column in every table)
+    # a small workload for correctness checks (quantize's and compile's agreement check, synthetic
+    # calibration data): cheap, yet long enough that sparse attention takes its sparse path at small budgets
+    check: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def value(self, workload: Mapping[str, int], key: str) -> int:
         return int(workload[key] if key in workload else self.implicit[key])
@@ -57,12 +60,15 @@ class Task:
 TASKS = {t.name: t for t in (
     Task("text-generation", {"seq_len": ("sequence",), "batch_size": ("batch",)},
          {"seq_len": (1024, 4096, 8192)}, "tokens/s", ("batch_size", "seq_len"),
-         "decoder LLM prefill: token ids -> last-token logits and the present key/value cache"),
+         "decoder LLM prefill: token ids -> last-token logits and the present key/value cache",
+         check={"seq_len": 128, "batch_size": 1}),
     Task("image-classification", {"image_size": ("height", "width"), "batch_size": ("batch",)},
          {"image_size": (224,)}, "images/s", ("batch_size",),
-         "image backbone with a classification head: images -> class logits"),
+         "image backbone with a classification head: images -> class logits",
+         check={"image_size": 224, "batch_size": 1}),
     Task("embodied-policy", {"batch_size": ("batch",)}, {"batch_size": (1,)}, "steps/s", ("batch_size",),
-         "one policy step: observation + recurrent state -> action logits, value, new state", implicit={}),
+         "one policy step: observation + recurrent state -> action logits, value, new state", implicit={},
+         check={"batch_size": 1}),
 )}
 
 

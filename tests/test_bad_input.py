@@ -155,11 +155,41 @@ ROWS = {
     "profile_models_of_different_tasks": Bad(["profile", "{w}/litv2.onnx", "{w}/dense.onnx"], 1,
                                              ("different tasks", "image-classification", "text-generation")),
     "profile_batch_size_zero": Bad(["profile", "{w}/litv2.onnx", "--batch-sizes", "0"], 1, ("--batch-sizes",)),
+    # -- quantize and compile ---------------------------------------------------------------------------
+    "quantize_unknown_precision": Bad(["quantize", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--precision", "int3"], 1,
+                                      ("unknown precision 'int3'", "int8-static")),
+    "quantize_not_onnx": Bad(["quantize", "{w}/corrupt.onnx", "-o", f"{OUT}.onnx"], 1, ("corrupt.onnx", "not a readable")),
+    "quantize_missing_model": Bad(["quantize", "{w}/missing.onnx", "-o", f"{OUT}.onnx"], 1, ("not found",)),
+    "quantize_calibration_shape": Bad(["quantize", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--precision", "int8-static",
+                                       "--calibration", "{w}/wrong-shape.npz"], 1, ("wrong-shape.npz", "'input_ids'")),
+    "quantize_calibration_name": Bad(["quantize", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--precision", "int8-static",
+                                      "--calibration", "{w}/wrong-name.npz"], 1, ("arrays ids", "inputs are input_ids")),
+    "quantize_calibration_not_npz": Bad(["quantize", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--precision",
+                                         "int8-static", "--calibration", "{w}/corrupt.onnx"], 1, ("not a readable .npz",)),
+    "quantize_calibration_for_int8": Bad(["quantize", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--calibration",
+                                          "{w}/wrong-name.npz"], 1, ("int8-static",)),
+    "quantize_block_size": Bad(["quantize", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--precision", "int4",
+                                "--block-size", "20"], 1, ("--block-size",)),
+    "quantize_min_top1_unmet": Bad(["quantize", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--precision", "int4",
+                                    "--min-top1", "1"], 1, ("top-1 agreement", "nothing written")),
+    "quantize_onto_directory": Bad(["quantize", "{w}/dense.onnx", "-o", "{w}"], 1, ("is a directory",)),
+    "quantize_parent_is_file": Bad(["quantize", "{w}/dense.onnx", "-o", "{w}/notes.txt/q.onnx"], 1,
+                                   ("notes.txt is a file",)),
+    "compile_unknown_ep": Bad(["compile", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--ep", "tpu"], 1, ("'tpu'", "cpu")),
+    "compile_cuda_absent": Bad(["compile", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--ep", "cuda"], 1,
+                               ("CUDAExecutionProvider", "not available")),
+    "compile_not_onnx": Bad(["compile", "{w}/corrupt.onnx", "-o", f"{OUT}.onnx"], 1, ("corrupt.onnx",)),
+    "compile_ort_suffix": Bad(["compile", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--format", "ort"], 1, ("*.ort",)),
+    "compile_unknown_format": Bad(["compile", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--format", "tflite"], 1,
+                                  ("unknown format 'tflite'",)),
+    "compile_onto_directory": Bad(["compile", "{w}/dense.onnx", "-o", "{w}"], 1, ("is a directory",)),
+    "compile_profile_mismatch": Bad(["compile", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--ep", "cpu", "--profile-file",
+                                     "{profiles}/cuda.toml"], 1, ("CUDAExecutionProvider", "--ep cpu")),
 }
 BAD_ROWS = [pytest.param(row, id=name) for name, row in ROWS.items()]
 # Every row runs in-process through `edgekit.cli.main` (what the console script calls: cheap); these also
 # run as a real process: the console script, its own streams and exit code.
-IN_A_PROCESS = ["bare_edgekit_prints_help", "export_without_output", "export_unknown_architecture",
+IN_A_PROCESS = ["bare_edgekit_prints_help", "quantize_parent_is_file", "compile_cuda_absent", "export_without_output", "export_unknown_architecture",
                 "profile_not_an_edgekit_model", "profile_corrupt_onnx", "export_parent_is_a_file",
                 "report_row_without_latency", "report_not_json"]
 
@@ -201,6 +231,8 @@ def inputs(tmp_path_factory) -> Path:
     import torch
 
     save_file({"head.weight": torch.zeros(3, 3)}, str(w / "wrong.safetensors"))
+    np.savez(w / "wrong-shape.npz", input_ids=np.zeros((2, 2, 3, 4), np.int64))
+    np.savez(w / "wrong-name.npz", ids=np.zeros((1, 8), np.int64))
     (w / "model.txt").write_bytes((w / "dense.onnx").read_bytes())
     _add_node_model(w / "add.onnx")
     (w / "corrupt.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -223,7 +255,9 @@ def inputs(tmp_path_factory) -> Path:
 def _argv(row: Bad, w: Path) -> list[str]:
     if row.needs_non_root and IS_ROOT:
         pytest.skip("root may write into a read-only folder")
-    return [a.format(w=w) for a in row.argv]
+    from edgekit.ep_profiles import profiles_dir
+
+    return [a.format(w=w, profiles=profiles_dir()) for a in row.argv]
 
 
 def check(proc: subprocess.CompletedProcess, row: Bad, cwd: Path) -> None:

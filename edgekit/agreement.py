@@ -1,0 +1,75 @@
+"""How closely a transformed model (quantized, compiled) follows the model it came from, on seeded inputs.
+
+The inputs come from the model's interface (its metadata) at its task's small check workload; a file
+edgekit did not export is described by its graph's inputs, every symbolic axis of size 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from edgekit.interface import TensorSpec
+from edgekit.session import Session
+from edgekit.tasks import TASKS
+
+CHECK_SAMPLES = 32  # inputs per check: last-token logits give one row each, and top-1 needs rows
+TOP1_OUTPUT = "logits"  # the output whose argmax is the model's answer (next token, class)
+
+
+@dataclasses.dataclass
+class Agreement:
+    """Max |candidate - reference| per output over the check inputs; top-1 agreement of the logits."""
+
+    max_abs_error: dict[str, float]
+    top1: float | None  # share of logits rows (positions, batch rows, samples) with the same argmax
+    samples: int
+    sizes: dict[str, int]  # the symbolic axes of the check inputs
+
+    def worst(self) -> tuple[str, float]:
+        return max(self.max_abs_error.items(), key=lambda item: item[1], default=("", 0.0))
+
+    def describe(self) -> str:
+        shown = dict([self.worst()] + [(k, v) for k, v in self.max_abs_error.items() if k == TOP1_OUTPUT])
+        errors = ", ".join(f"{name} {error:.2e}" for name, error in shown.items())
+        top1 = f"; top-1 agreement {self.top1:.3f}" if self.top1 is not None else ""
+        axes = ", ".join(f"{k} {v}" for k, v in self.sizes.items())
+        return f"max |diff| {errors} (worst output first){top1}; {self.samples} seeded inputs ({axes})"
+
+
+def check_sizes(session: Session) -> dict[str, int]:
+    """Sizes for every symbolic input axis: the task's check workload, 1 for axes it does not size."""
+    interface = session.interface
+    task = TASKS.get(interface.task) if interface else None
+    sizes = task.sizes(task.check) if task else {}
+    for spec in session.inputs:
+        sizes.update({d: 1 for d in spec.dims if isinstance(d, str) and d not in sizes})
+    limits = interface.limits if interface else {}
+    return {axis: min(size, limits.get(axis, size)) for axis, size in sizes.items()}
+
+
+def check_feeds(specs: Sequence[TensorSpec], sizes: dict[str, int], seed: int,
+                count: int = CHECK_SAMPLES) -> list[dict[str, np.ndarray]]:
+    """`count` seeded inputs, one seed each (seed, seed + 1, ...)."""
+    return [{s.name: s.synthesize(sizes, rng) for s in specs}
+            for rng in (np.random.default_rng(seed + i) for i in range(count))]
+
+
+def compare(reference: Session, candidate: Session, feeds: list[dict[str, np.ndarray]],
+            sizes: dict[str, int]) -> Agreement:
+    """Run both sessions on every feed; errors in float64, over the outputs both models have."""
+    names = [n for n in reference.output_names if n in candidate.output_names]
+    errors = dict.fromkeys(names, 0.0)
+    same, rows = 0, 0
+    for feed in feeds:
+        want, got = reference.run(feed, names), candidate.run(feed, names)
+        for name in names:
+            if want[name].size:
+                diff = float(np.abs(want[name].astype(np.float64) - got[name].astype(np.float64)).max())
+                errors[name] = max(errors[name], diff if np.isfinite(diff) else np.inf)  # NaN counts as inf
+        if TOP1_OUTPUT in want and want[TOP1_OUTPUT].size:
+            same += int((want[TOP1_OUTPUT].argmax(-1) == got[TOP1_OUTPUT].argmax(-1)).sum())
+            rows += want[TOP1_OUTPUT][..., 0].size
+    return Agreement(errors, same / rows if rows else None, len(feeds), sizes)
