@@ -11,7 +11,7 @@ BENCH_WARMUP   ?= 0
 BENCH_PASSKEY  ?= 2048,4096,8192
 BENCH_DIR      ?= bench-results
 
-.PHONY: setup demo test bench bench-short bench-llamacpp clean
+.PHONY: setup demo test bench bench-short bench-llamacpp bench-hilo bench-policy clean
 
 $(BIN)/edgekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,21 @@ bench-short: setup  ## minutes, no llama.cpp build: a small model at short lengt
 	$(BIN)/edgekit export llama-demo --method dhsa --budget-tokens 512 -o $(BENCH_DIR)/short-dhsa.onnx
 	$(BIN)/edgekit profile $(BENCH_DIR)/short-dense.onnx $(BENCH_DIR)/short-dhsa.onnx --seq-lens 1024,4096 \
 	    --repeat 3 --json $(BENCH_DIR)/short.json --plot $(BENCH_DIR)/short.png
+
+# HiLo: one layer (14x14 tokens, dim 768, 12 heads) and the LITv2-S backbone, hilo vs msa/window/sra
+bench-hilo: setup
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/python benchmarks/hilo_layer.py --batch 1,64 --repeat 5 --json $(BENCH_DIR)/hilo-layer.json
+	$(BIN)/edgekit export litv2-s --method msa -o $(BENCH_DIR)/litv2-s-msa.onnx
+	$(BIN)/edgekit export litv2-s --method hilo -o $(BENCH_DIR)/litv2-s-hilo.onnx
+	$(BIN)/edgekit profile $(BENCH_DIR)/litv2-s-msa.onnx $(BENCH_DIR)/litv2-s-hilo.onnx --image-sizes 224,448,896 \
+	    --repeat 5 --json $(BENCH_DIR)/litv2-s.json --plot $(BENCH_DIR)/litv2-s.png | tee $(BENCH_DIR)/litv2-s.md
+
+# Codebook: ObjectNav policy step with the real DINOv2 encoder, dense vs codebook, and code usage
+bench-policy: setup
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/python benchmarks/policy_step.py --preset embclip-dinov2-s --batch-sizes 1,16 --repeat 10 --warmup 2 \
+	    --json $(BENCH_DIR)/policy-step.json | tee $(BENCH_DIR)/policy-step.md
 
 clean:
 	rm -rf $(VENV) $(BENCH_DIR) out *.egg-info

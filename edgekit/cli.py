@@ -316,31 +316,25 @@ def providers():
 
 @app.command()
 def demo(
-    output_dir: Path = typer.Option(Path("out/demo"), help="where models, JSON and figure go"),
-    model: str = typer.Option("llama-demo", help="model to export (default: a small built-in preset)"),
-    seq_lens: str = typer.Option("2048,4096,8192", help="comma-separated prompt lengths"),
-    repeat: int = typer.Option(3, help="timed runs per length"),
-    budget_tokens: int = typer.Option(1024, help="DHSA keys per query block"),
+    output_dir: Path = typer.Option(Path("out/demo"), help="where models, JSON and figures go"),
+    repeat: int = typer.Option(3, help="timed runs per point"),
 ):
-    """The main job: export dense + DHSA, profile both, print the table (a few minutes on 2 cores)."""
-    from edgekit.exporting import export as run_export
-    from edgekit.profiling import profile as run_profile
+    """The main job: every mechanism against its baseline on the same network, one table each (minutes)."""
+    from edgekit import demo as showcases
 
-    lengths = _int_list(seq_lens, "--seq-lens")
-    methods = {"dense": {}, "dhsa": {"budget_tokens": budget_tokens}}
-    models = {method: output_dir / f"{Path(model).name}-{method}.onnx" for method in methods}
-    json_out, plot_out = output_dir / "profile.json", output_dir / "profile.png"
-    _check_outputs(*models.values(), json_out, plot_out)
-    paths = []
-    for method, options in methods.items():
-        path = models[method]
-        with err.status(f"exporting {model} ({method})"):
-            result = run_export(model, str(path), method=method, **options)
-        err.print(f"exported {path} (max |ONNX - PyTorch| = {result.max_abs_error:.1e})")
-        paths.append(str(path))
-    with _StepProgress(len(paths) * len(lengths)) as step:
-        results = run_profile(paths, lengths, repeat=repeat, on_step=step)
-    _emit(results, _profile_table(results), str(json_out), str(plot_out))
+    showcases.check_outputs(output_dir)
+    for showcase, results, files in _demo_steps(showcases, output_dir, repeat):
+        typer.echo(f"\n## {showcase.title}\n")
+        _emit(results, _profile_table(results), str(files["json"]), str(files["plot"]))
+
+
+def _demo_steps(showcases, output_dir: Path, repeat: int):
+    status = err.status("starting")
+    with status:
+        steps = showcases.run(output_dir, repeat=repeat, on_export=status.update,
+                              on_step=lambda label, done, total: status.update(f"profiling {label} "
+                                                                               f"({done + 1}/{total})"))
+        yield from steps
 
 
 @app.command("gguf")
