@@ -21,12 +21,11 @@ import onnxruntime as ort
 from edgekit.agreement import Agreement, check_feeds, check_sizes, compare
 from edgekit.ep_profiles import Profile, load_profile
 from edgekit.errors import CompileError, ExecutionProviderError, PlacementError, first_line
-from edgekit.files import atomic_output_group, check_writable
+from edgekit.files import EXTERNAL_DATA_BYTES, atomic_output_group, check_writable
 from edgekit.session import Session, file_bytes, load_model
 
 FORMATS = ("onnx", "ort")
 CPU = "CPUExecutionProvider"
-EXTERNAL_DATA_BYTES = 1.8e9  # a model this large keeps its initializers in `<output>.data`
 
 
 @dataclasses.dataclass

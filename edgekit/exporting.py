@@ -9,6 +9,7 @@ output before the file is written. The interface goes into the file's metadata, 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ import torch
 
 from edgekit.errors import EdgekitError, ExportParityError
 from edgekit.exporters import sources
-from edgekit.files import atomic_output
+from edgekit.files import EXTERNAL_DATA_BYTES, atomic_output_group, save_onnx
 from edgekit.interface import Interface
 from edgekit.runtime_ops import DOMAIN
 from edgekit.runtime_ops.attach import all_nodes, attach_functions
@@ -68,23 +69,28 @@ def export(model: str, output: str, method: str | None = None, *, weights: str |
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                         **interface.to_metadata()})
     limit = family.tolerance if tolerance is None else tolerance
-    worst, error = check_parity(proto, graph, interface, example, limit)
-    check_other_paths(family, torch_model, method, op_options, graph_options, proto, interface, limit, seed)
-    with atomic_output(output) as tmp:
-        onnx.save(proto, tmp)
+    with atomic_output_group(output) as folder:  # the check runs the file as written, then it is published
+        written = folder / Path(output).name
+        save_onnx(proto, written, external=proto.ByteSize() > EXTERNAL_DATA_BYTES)
+        worst, error = check_parity(written, graph, interface, example, limit)
+        check_other_paths(family, torch_model, method, op_options, graph_options, proto, interface, limit, seed,
+                          folder)
+        size = sum(f.stat().st_size for f in folder.glob(f"{written.name}*"))
     return ExportResult(str(output), name, family.task, method, op_options, workload, error, worst, limit,
-                        proto.ByteSize() / 1e6)
+                        size / 1e6)
 
 
 def check_other_paths(family, torch_model, method: str, op_options: dict, graph_options: dict,
-                      proto: onnx.ModelProto, interface: Interface, tolerance: float, seed: int) -> None:
+                      proto: onnx.ModelProto, interface: Interface, tolerance: float, seed: int,
+                      folder: Path) -> None:
     """Check the written graph's other paths too: the same file with shrunken op attributes, on a workload
     that takes the op's data-dependent branch (a 64-token check never reaches DHSA's sparse selection)."""
     chosen = family.method(method)
     if not chosen.path_check_options:
         return
     options = {**op_options, **chosen.path_check_options}
-    variant = with_op_attributes(proto, chosen.op, chosen.path_check_options)
+    variant = folder / "path-check.onnx"  # beside the written model: it shares its external data, if any
+    onnx.save(with_op_attributes(proto, chosen.op, chosen.path_check_options), str(variant))
     graph = family.prepare(torch_model, method, options, **graph_options)
     example = interface.example_inputs(get_task(family.task).sizes(chosen.path_check_workload), seed)
     check_parity(variant, graph, interface, example, tolerance)
@@ -103,7 +109,7 @@ def with_op_attributes(proto: onnx.ModelProto, op_name: str, attrs: dict) -> onn
     return variant
 
 
-def check_parity(proto: onnx.ModelProto, graph: torch.nn.Module, interface: Interface,
+def check_parity(model: Path | onnx.ModelProto, graph: torch.nn.Module, interface: Interface,
                  example: dict[str, np.ndarray], tolerance: float) -> tuple[str, float]:
     """Every output of ONNX Runtime vs PyTorch on the example: |diff| <= tolerance * max(1, max |torch|).
 
@@ -114,7 +120,7 @@ def check_parity(proto: onnx.ModelProto, graph: torch.nn.Module, interface: Inte
     with torch.no_grad():
         expected = graph(*(torch.from_numpy(example[s.name]) for s in interface.inputs))
     expected = [t.numpy() for t in (expected if isinstance(expected, (tuple, list)) else (expected,))]
-    got = Session(proto, ep="cpu").run(example)
+    got = Session(model, ep="cpu").run(example)
     worst, worst_ratio, worst_error = "", -1.0, 0.0
     for spec, want in zip(interface.outputs, expected):
         error = float(np.abs(got[spec.name].astype(np.float64) - want).max()) if want.size else 0.0

@@ -13,7 +13,8 @@ import psutil
 
 from edgekit.errors import OutputError
 
-TEMP_MARK = "edgekit"  # temp names: .NAME.edgekit-<pid>-<random>.tmp, beside the target
+TEMP_MARK = "edgekit"
+EXTERNAL_DATA_BYTES = 1.8e9  # above this a model's weights go to `<name>.data`: protobuf cannot hold 2 GB  # temp names: .NAME.edgekit-<pid>-<random>.tmp, beside the target
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -118,3 +119,15 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def save_onnx(model, path: str | os.PathLike, external: bool) -> None:
+    """Write an ONNX model, its weights in one `<name>.data` file beside it when `external`.
+
+    Use inside `atomic_output_group`, which publishes the model and its data file as one output.
+    """
+    import onnx
+
+    path = Path(path)
+    onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+              location=f"{path.name}.data", size_threshold=1024)

@@ -24,14 +24,13 @@ from onnx import external_data_helper, numpy_helper
 
 from edgekit.agreement import Agreement, check_feeds, check_sizes, compare
 from edgekit.errors import ModelLoadError, QuantizationAgreementError, QuantizationError, ShapeError, first_line
-from edgekit.files import atomic_output_group, check_writable
+from edgekit.files import EXTERNAL_DATA_BYTES, atomic_output_group, check_writable, save_onnx
 from edgekit.interface import TensorSpec
 from edgekit.session import Session, file_bytes, load_model
 
 PRECISION_KEY, SETTINGS_KEY = "edgekit.precision", "edgekit.quantization"  # metadata written on the output
 TARGET_OPS = ("MatMul", "Gemm")  # not Attention: ORT would make it QAttention, which then fails to load
 KEPT_FLOAT_OPS = ("Attention", "Conv", "ConvTranspose", "Einsum", "Gather", "LSTM", "GRU")  # heavy ops left float
-EXTERNAL_DATA_BYTES = 1.8e9  # above this, weights go to a `.data` file (protobuf cannot hold 2 GB)
 CALIBRATION_SAMPLES = 8
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two >= 16
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
@@ -103,7 +102,7 @@ def quantize(model: str | os.PathLike, output: str | os.PathLike, precision: str
         weights = _weight_bytes(quantized)
         target, large = folder / Path(output).name, source.external or weights > EXTERNAL_DATA_BYTES
         notes = describe(source.model, quantized, precision, restored)
-        _save(quantized, target, large)
+        save_onnx(quantized, target, large)
         agreement = _agreement(reference, target, feeds, sizes, precision, notes)
         _enforce(agreement, atol, min_top1)
         size = sum(f.stat().st_size for f in (target, Path(f"{target}.data")) if f.exists())
@@ -228,7 +227,7 @@ def _pre_process(source: _Source, work: Path) -> Path:
             return out
         except Exception:  # noqa: BLE001, S112 - the tool raises anything; quantizing without it still works
             continue
-    _save(source.model, out, source.external)
+    save_onnx(source.model, out, source.external)
     return out
 
 
@@ -269,7 +268,7 @@ def _fp16(job: _Job) -> None:
 
     model = convert_float_to_float16(onnx.load(str(job.source)), keep_io_types=True,
                                      op_block_list=[*DEFAULT_OP_BLOCK_LIST, *job.function_ops])
-    _save(model, job.output, job.external)
+    save_onnx(model, job.output, job.external)
 
 
 PRECISIONS: dict[str, tuple[Callable[[_Job], None], str]] = {
@@ -317,11 +316,6 @@ def _keep_edgekit(source: onnx.ModelProto, quantized: onnx.ModelProto, settings:
     del quantized.metadata_props[:]
     onnx.helper.set_model_props(quantized, meta)
     return quantized, restored
-
-
-def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
-    onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-              location=f"{path.name}.data")
 
 
 def _agreement(reference: Session, target: Path, feeds: list[dict[str, np.ndarray]], sizes: dict[str, int],

@@ -22,6 +22,7 @@ import torch
 from edgekit.errors import EdgekitError
 from edgekit.interface import Interface
 from edgekit.runtime_ops import ONNX_OPSET, get_op
+from edgekit.runtime_ops.attach import all_nodes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +133,7 @@ class Family:
                                         output_names=[s.name for s in interface.outputs],
                                         dynamic_shapes=dynamic, opset_version=ONNX_OPSET, dynamo=True,
                                         verbose=False)
-        return declare_dims(program.model_proto, interface)
+        return drop_debug_metadata(declare_dims(program.model_proto, interface))
 
 
 def declare_dims(proto: onnx.ModelProto, interface: Interface) -> onnx.ModelProto:
@@ -152,4 +153,14 @@ def declare_dims(proto: onnx.ModelProto, interface: Interface) -> onnx.ModelProt
                     dim.dim_param = want
                 else:
                     dim.dim_value = want
+    return proto
+
+
+def drop_debug_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop torch's per-node debug metadata (stack traces, FX names: a third of a small model's file);
+    edgekit's own keys (the op version) stay."""
+    for node in all_nodes(proto):
+        kept = [p for p in node.metadata_props if p.key.startswith("edgekit.")]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
     return proto

@@ -344,3 +344,31 @@ def test_export_check_covers_every_output_at_batch_2(exported):
     result, _ = exported("llama-tiny", "dense")
     assert result.check_workload == {"seq_len": CHECK_TOKENS, "batch_size": 2}
     assert result.worst_output == "logits" or result.worst_output.startswith("present.")
+
+
+def test_large_models_are_written_with_external_data(monkeypatch, tmp_path):
+    """Past protobuf's 2 GB limit the weights go to `<name>.data`; the check runs the written pair and the
+    two appear together. The threshold is lowered so a tiny model takes the same path."""
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)
+    out = tmp_path / "out" / "m.onnx"
+    result = export("llama-tiny", str(out), method="dhsa", **DHSA_OPTIONS, check_tokens=16)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert out.stat().st_size < 0.2 * (out.parent / "m.onnx.data").stat().st_size
+    assert result.size_mb * 1e6 == pytest.approx(sum(p.stat().st_size for p in out.parent.iterdir()))
+    ids = np.arange(40, dtype=np.int64)[None] % 512
+    expected = torch_logits(presets()["llama-tiny"][0], "llama-tiny", "dhsa", torch.from_numpy(ids))
+    assert_logits_close(Session(str(out)).run(ids)["logits"], expected)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_damaged_external_data_is_one_error(monkeypatch, tmp_path, damage):
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 0)
+    out = tmp_path / "m.onnx"
+    export("llama-tiny", str(out), check_tokens=16)
+    data = tmp_path / "m.onnx.data"
+    if damage == "missing":
+        data.unlink()
+    else:
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match="m.onnx"):
+        Session(str(out))
