@@ -24,16 +24,21 @@ GGUF_ARCHITECTURES = {"gemma3": "gemma3_text"}
 
 
 def packaged_path(name: str) -> Path:
-    """Path of a checkpoint shipped in an installed package (no import: those packages pull extras)."""
+    """Path of a checkpoint shipped in an installed package, by its edgekit name (e.g. smollm2-135m)."""
     dist_name, file_name, hint = PACKAGED[name]
+    return packaged_file(dist_name, file_name, hint, needed_by=f"model '{name}'")
+
+
+def packaged_file(dist_name: str, file_name: str, hint: str, needed_by: str) -> Path:
+    """A data file inside an installed distribution, found without importing it (those packages pull extras)."""
     try:
         dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelLoadError(f"model '{name}' needs the package {dist_name}: {hint}") from None
+        raise ModelLoadError(f"{needed_by} needs the package {dist_name}: {hint}") from None
     for file in dist.files or []:
         if file.name == file_name:
             return Path(dist.locate_file(file))
-    raise ModelLoadError(f"package {dist_name} is installed but has no {file_name}")
+    raise ModelLoadError(f"package {dist_name} is installed but has no {file_name}: {hint}")
 
 
 def describe_sources() -> str:

