@@ -282,7 +282,8 @@ def report_cmd(
     fmt: Optional[str] = typer.Option(None, "--format", help="html | md | json | csv [from -o, else md]"),
     passkey_files: List[Path] = typer.Option([], "--passkey", help="`edgekit passkey --json` results for the "
                                                                    "accuracy-vs-speed chart (repeatable)"),
-    compare: Optional[Path] = typer.Option(None, help="baseline results to gate against (with --fail-on)"),
+    compare: List[Path] = typer.Option([], help="baseline results to gate against, with --fail-on (repeatable: "
+                                                "rows of every file count)"),
     fail_on: Optional[str] = typer.Option(None, help="e.g. latency:+10%,memory:+10%: exit 3 past a threshold, "
                                                      "4 when baseline rows are missing"),
     plot_out: Optional[str] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
@@ -295,7 +296,7 @@ def report_cmd(
     _check_outputs(plot_out, output)
     files = report_formats.load_files(results)
     passkey = [report_formats.load_passkey(str(p)) for p in passkey_files]
-    comparison = gate(files[0]["data"]) if gate else None
+    comparison = gate({"results": [r for f in files for r in f["data"]["results"]]}) if gate else None
     if plot_out:
         report.plot(files[0]["data"], plot_out)
     text = report_formats.render(files, fmt, passkey=passkey, comparison=comparison)
@@ -307,16 +308,17 @@ def report_cmd(
     return _gate_exit(comparison)
 
 
-def _gate_request(compare: Optional[Path], fail_on: Optional[str]):
-    """Parse --fail-on and load the baseline before any slow work; returns current -> Comparison, or None."""
+def _gate_request(compare, fail_on: Optional[str]):
+    """Parse --fail-on and load the baseline(s) before any slow work; returns current -> Comparison, or None."""
     from edgekit import gates, report
 
-    if compare is None and fail_on is None:
+    compare = [compare] if isinstance(compare, Path) else list(compare or [])
+    if not compare and fail_on is None:
         return None
-    if compare is None or fail_on is None:
+    if not compare or fail_on is None:
         raise EdgekitError("--compare and --fail-on go together (a baseline and the thresholds to judge it by)")
     thresholds = gates.parse_thresholds(fail_on)
-    baseline = report.load_results(str(compare))
+    baseline = {"results": [r for path in compare for r in report.load_results(str(path))["results"]]}
     return lambda current: gates.compare(current, baseline, thresholds)
 
 
