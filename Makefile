@@ -62,7 +62,7 @@ bench-short: setup  ## minutes, no llama.cpp build: a small model at short lengt
 	$(BIN)/edgekit profile $(BENCH_DIR)/short-dense.onnx $(BENCH_DIR)/short-dhsa.onnx --seq-lens 1024,4096 \
 	    --repeat 3 --json $(BENCH_DIR)/short.json --plot $(BENCH_DIR)/short.png
 
-$(CI_DIR)/models: setup
+$(CI_DIR)/models: $(BIN)/edgekit
 	mkdir -p $@
 	$(BIN)/edgekit export llama-tiny --method dense --check-tokens 16 -o $@/llama-dense.onnx
 	$(BIN)/edgekit export llama-tiny --method dhsa --budget-tokens 128 --block-size 32 --sink-tokens 16 \
