@@ -42,20 +42,36 @@ def _series(files: list[dict]) -> dict[str, list[dict]]:
 
 
 def figures(files: list[dict], passkey: list[dict] = ()) -> list[dict]:
-    """Latency, peak memory, speed-up and throughput over the workload that varies; accuracy vs speed."""
-    series = _series(files)
+    """Per task: latency, peak memory, speed-up and throughput over the workload that varies; then accuracy
+    vs speed. Tasks plot apart: tokens and pixels share no axis."""
+    tasks = _by_task(files)
+    charts = []
+    for task, task_files in tasks.items():
+        suffix = f" · {task}" if len(tasks) > 1 else ""
+        charts += [(title + suffix, png) for title, png in _task_charts(_series(task_files))]
+    if passkey:
+        charts.append(("Accuracy vs speed (passkey hits vs prefill latency)", _accuracy(files, passkey)))
+    return [{"title": t, "png": png} for t, png in charts if png]
+
+
+def _by_task(files: list[dict]) -> dict[str, list[dict]]:
+    """The files again, each cut down to one task's rows, per task (in the order tasks first appear)."""
+    tasks = list(dict.fromkeys(r.get("task", "text-generation") for f in files for r in f["data"]["results"]))
+    return {task: [dict(f, data={**f["data"], "results": rows}) for f in files
+                   if (rows := [r for r in f["data"]["results"] if r.get("task", "text-generation") == task])]
+            for task in tasks}
+
+
+def _task_charts(series: dict[str, list[dict]]) -> list[tuple]:
     axis = varying_axis([r for rows in series.values() for r in rows])
     x_label = axis_names(axis)[1]
-    charts = [
+    return [
         ("Latency (median)", _lines(series, axis, lambda r: r["latency_ms"]["median"], x_label, "ms", log=True)),
         ("Peak memory (RSS above the loaded model)", _bars(series, axis, x_label)),
         ("Speed-up vs the baseline", _lines(series, axis, lambda r: r.get("speedup_vs_baseline"), x_label, "x")),
         ("Throughput", _lines(series, axis, lambda r: (r.get("throughput") or {}).get("value"), x_label,
                               _unit(series))),
     ]
-    if passkey:
-        charts.append(("Accuracy vs speed (passkey hits vs prefill latency)", _accuracy(files, passkey)))
-    return [{"title": t, "png": png} for t, png in charts if png]
 
 
 def _unit(series: dict) -> str:
@@ -91,10 +107,15 @@ def _lines(series, axis, value, x_label, y_label, log=False) -> str | None:
     if not any(points.values()):
         return None
     fig, ax = _pyplot().subplots(figsize=(7, 3.6))
+    from matplotlib.ticker import NullLocator
+
     for name, ps in points.items():
         if ps:
             ax.plot(*zip(*sorted(ps)), "o-", label=name)
     ax.set(xlabel=x_label, ylabel=y_label, xscale="log" if log else "linear", yscale="log" if log else "linear")
+    sizes = sorted({x for ps in points.values() for x, _ in ps})
+    ax.xaxis.set_minor_locator(NullLocator())  # only the measured sizes
+    ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
