@@ -156,3 +156,9 @@ def test_a_newer_schema_version_is_refused(tmp_path):
                                                    (None, None, "md"), ("r.txt", "json", "json"), ("r", None, "md")])
 def test_format_comes_from_the_flag_then_the_suffix(output, fmt, expected):
     assert format_of(output, fmt) == expected
+
+
+def test_files_of_different_tasks_plot_apart():
+    text = render(load_files([BASELINE / "llama.json", BASELINE / "litv2.json"]), "html")
+    assert text.count('src="data:image/png;base64,') == 8
+    assert "Latency (median) · text-generation" in text and "Latency (median) · image-classification" in text
