@@ -18,7 +18,7 @@ def html(files: list[dict], *, passkey: list[dict] = (), comparison: gates.Compa
                              undefined=jinja2.StrictUndefined)
     return env.get_template("report.html.j2").render(
         files=[_provenance(f) for f in files], rows=flat_rows(files), figures=figures(files, passkey),
-        comparison=comparison, gate_rule=gates.__doc__.split("The noise rule: ")[1].strip())
+        comparison=comparison, units=gates.UNITS, gate_rule=gates.__doc__.split("The noise rule: ")[1].strip())
 
 
 def _provenance(f: dict) -> dict:
