@@ -136,7 +136,9 @@ def _bars(series, axis, x_label) -> str | None:
             if n in by_x and by_x[n]["status"] != "ok":
                 ax.annotate(by_x[n]["status"], (x, 0), ha="center", va="bottom", rotation=90, fontsize=7)
     ax.set_xticks(range(len(sizes)), [str(n) for n in sizes])
-    ax.set(xlabel=x_label, ylabel="MB")
+    peaks = [r["peak_rss_mb"] for rows in series.values() for r in rows if (r.get("peak_rss_mb") or 0) > 0]
+    wide = peaks and max(peaks) > 100 * min(peaks)  # llama.cpp's 23 MB beside dense's 12 GB: log, or it vanishes
+    ax.set(xlabel=x_label, ylabel="MB", yscale="log" if wide else "linear")
     ax.legend(fontsize=7)
     return _png(fig)
 
