@@ -11,7 +11,15 @@ BENCH_WARMUP   ?= 0
 BENCH_PASSKEY  ?= 2048,4096,8192
 BENCH_DIR      ?= bench-results
 
-.PHONY: setup demo test bench bench-short bench-llamacpp bench-hilo bench-policy clean
+# CI profiling (`make profile-ci`, .github/workflows/profile.yml): tiny models, short workloads, a gate
+# against the committed baseline of the same device profile (generous: shared runners are noisy)
+CI_EP       ?= cpu
+CI_DIR      ?= ci-results
+CI_BASELINE ?= benchmarks/ci-baseline/$(CI_EP)
+CI_FAIL_ON  ?= latency:+150%,memory:+100%
+CI_RESULTS  := $(CI_DIR)/llama.json $(CI_DIR)/litv2.json
+
+.PHONY: setup demo test bench bench-short bench-llamacpp bench-hilo bench-policy profile-ci profile-ci-baseline clean
 
 $(BIN)/edgekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,5 +77,33 @@ bench-policy: setup
 	$(BIN)/python benchmarks/policy_step.py --preset embclip-dinov2-s --batch-sizes 1,16 --repeat 10 --warmup 2 \
 	    --json $(BENCH_DIR)/policy-step.json | tee $(BENCH_DIR)/policy-step.md
 
+$(CI_DIR)/models: $(BIN)/edgekit
+	mkdir -p $@
+	$(BIN)/edgekit export llama-tiny --method dense --check-tokens 16 -o $@/llama-dense.onnx
+	$(BIN)/edgekit export llama-tiny --method dhsa --budget-tokens 128 --block-size 32 --sink-tokens 16 \
+	    --local-tokens 32 --check-tokens 16 -o $@/llama-dhsa.onnx
+	$(BIN)/edgekit export litv2-tiny --method msa -o $@/litv2-msa.onnx
+	$(BIN)/edgekit export litv2-tiny --method hilo -o $@/litv2-hilo.onnx
+
+define ci_profile  # measured afresh on every call: a profile-ci after another (or another CI_EP) re-measures
+	$(BIN)/edgekit profile $(CI_DIR)/models/llama-dense.onnx $(CI_DIR)/models/llama-dhsa.onnx --ep $(CI_EP) \
+	    --seq-lens 256,1024 --repeat 5 --json $(CI_DIR)/llama.json > /dev/null
+	$(BIN)/edgekit profile $(CI_DIR)/models/litv2-msa.onnx $(CI_DIR)/models/litv2-hilo.onnx --ep $(CI_EP) \
+	    --image-sizes 64,128 --repeat 5 --json $(CI_DIR)/litv2.json > /dev/null
+endef
+
+# exit 3: a result regressed past CI_FAIL_ON; 4: baseline rows are missing; no baseline for CI_EP: no gate
+profile-ci: $(CI_DIR)/models
+	$(ci_profile)
+	@if [ -d $(CI_BASELINE) ]; then gate="--compare $(CI_BASELINE)/llama.json --compare $(CI_BASELINE)/litv2.json \
+	    --fail-on $(CI_FAIL_ON)"; else echo "no baseline in $(CI_BASELINE): report without a gate" >&2; fi; \
+	$(BIN)/edgekit report $(CI_RESULTS) $$gate -o $(CI_DIR)/report.html || [ $$? -ge 3 ]; \
+	$(BIN)/edgekit report $(CI_RESULTS) $$gate -o $(CI_DIR)/summary.md; rc=$$?; cat $(CI_DIR)/summary.md; exit $$rc
+
+profile-ci-baseline: $(CI_DIR)/models  ## measure a new baseline for CI_EP on this machine (commit it)
+	$(ci_profile)
+	mkdir -p $(CI_BASELINE)
+	cp $(CI_RESULTS) $(CI_BASELINE)/
+
 clean:
-	rm -rf $(VENV) $(BENCH_DIR) out *.egg-info
+	rm -rf $(VENV) $(BENCH_DIR) $(CI_DIR) out *.egg-info

@@ -6,7 +6,8 @@ The public API, one plain function per pipeline step:
     compile_model(model, output, ep=...)    ahead-of-time ORT optimization for a provider, placement report
     Session(path, ep=...)               run an exported model (edgekit ops included)
     profile(models, seq_lens)           prefill latency / peak memory side by side
-    report.markdown(results)            render profile results
+    report.markdown(results)            render profile results (report_formats: HTML / CSV / JSON of several files;
+                                        gates: compare with a baseline for CI)
 """
 
 import importlib

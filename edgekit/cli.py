@@ -150,6 +150,9 @@ def profile(
     memory_limit_mb: Optional[float] = typer.Option(None, help="stop a run above this RSS (default 90% of RAM)"),
     json_out: Optional[str] = typer.Option(None, "--json", help="write the full results as JSON"),
     plot_out: Optional[str] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
+    compare: Optional[Path] = typer.Option(None, help="baseline results to gate against (with --fail-on)"),
+    fail_on: Optional[str] = typer.Option(None, help="e.g. latency:+10%,memory:+10%: exit 3 past a threshold, "
+                                                     "4 when baseline rows are missing"),
 ):
     """Latency, throughput and peak memory side by side, with ratios to the first model (any task).
 
@@ -159,12 +162,28 @@ def profile(
     from edgekit.profiling import profile as run_profile
 
     _check_outputs(json_out, plot_out)
+    gate = _gate_request(compare, fail_on)
     axes = dict(seq_lens=_int_list(seq_lens, "--seq-lens"), image_sizes=_int_list(image_sizes, "--image-sizes"),
                 batch_sizes=_int_list(batch_sizes, "--batch-sizes"))
     with _StepProgress(None) as step:
         results = run_profile(models, **axes, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
-                              timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step)
+                              timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step,
+                              command=_command_line())
     _emit(results, _profile_table(results), json_out, plot_out)
+    if gate is None:
+        return 0
+    from edgekit import gates
+
+    comparison = gate(results)
+    typer.echo("\n" + gates.markdown(comparison))
+    return _gate_exit(comparison)
+
+
+def _command_line() -> str:
+    """This run's command line, as a shell would take it back: the provenance of its results file."""
+    import shlex
+
+    return shlex.join(["edgekit", *sys.argv[1:]])
 
 
 def _check_outputs(*paths: Optional[str]) -> None:
@@ -256,17 +275,67 @@ def compile_cmd(
 
 @app.command("report")
 def report_cmd(
-    results: Path = typer.Argument(..., help="JSON written by `edgekit profile --json`"),
+    results: List[Path] = typer.Argument(..., help="JSON written by `edgekit profile --json`; several (devices, "
+                                                   "commits) are compared side by side"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="write the report here (format from the "
+                                                                      "suffix: .html, .md, .json, .csv) [stdout]"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="html | md | json | csv [from -o, else md]"),
+    passkey_files: List[Path] = typer.Option([], "--passkey", help="`edgekit passkey --json` results for the "
+                                                                   "accuracy-vs-speed chart (repeatable)"),
+    compare: List[Path] = typer.Option([], help="baseline results to gate against, with --fail-on (repeatable: "
+                                                "rows of every file count)"),
+    fail_on: Optional[str] = typer.Option(None, help="e.g. latency:+10%,memory:+10%: exit 3 past a threshold, "
+                                                     "4 when baseline rows are missing"),
     plot_out: Optional[str] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
 ):
-    """Render saved profile results as a Markdown table (and a figure)."""
-    from edgekit import report
+    """Render saved profile results: Markdown on stdout, or one self-contained HTML / JSON / CSV file."""
+    from edgekit import report, report_formats
 
-    _check_outputs(plot_out)
-    data = report.load_results(str(results))
+    gate = _gate_request(compare, fail_on)
+    fmt = report_formats.format_of(output, fmt)
+    _check_outputs(plot_out, output)
+    files = report_formats.load_files(results)
+    passkey = [report_formats.load_passkey(str(p)) for p in passkey_files]
+    comparison = gate({"results": [r for f in files for r in f["data"]["results"]]}) if gate else None
     if plot_out:
-        report.plot(data, plot_out)
-    typer.echo(report.markdown(data))
+        report.plot(files[0]["data"], plot_out)
+    text = report_formats.render(files, fmt, passkey=passkey, comparison=comparison)
+    if output:
+        _write_text(output, text)
+        err.print(f"report: {output}")
+    else:
+        typer.echo(text, nl=False)
+    return _gate_exit(comparison)
+
+
+def _gate_request(compare, fail_on: Optional[str]):
+    """Parse --fail-on and load the baseline(s) before any slow work; returns current -> Comparison, or None."""
+    from edgekit import gates, report
+
+    compare = [compare] if isinstance(compare, Path) else list(compare or [])
+    if not compare and fail_on is None:
+        return None
+    if not compare or fail_on is None:
+        raise EdgekitError("--compare and --fail-on go together (a baseline and the thresholds to judge it by)")
+    thresholds = gates.parse_thresholds(fail_on)
+    baseline = {"results": [r for path in compare for r in report.load_results(str(path))["results"]]}
+    return lambda current: gates.compare(current, baseline, thresholds)
+
+
+def _gate_exit(comparison) -> int:
+    """Exit 3 (regression) or 4 (baseline rows missing), said on stderr; 0 without a gate."""
+    if comparison is None or comparison.exit_code == 0:
+        return 0
+    why = "a result regressed past its threshold" if comparison.exit_code == 3 else "baseline rows are missing"
+    _fail(f"Gate failed: {why} (exit {comparison.exit_code}); the summary is on stdout")
+    return comparison.exit_code
+
+
+def _write_text(path: str, text: str) -> None:
+    from edgekit.files import atomic_output
+
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 @app.command()

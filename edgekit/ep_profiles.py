@@ -42,6 +42,9 @@ class SessionSettings(pydantic.BaseModel):
     execution_mode: Literal["sequential", "parallel"] = "sequential"
     enable_cpu_mem_arena: bool = True
     enable_mem_pattern: bool = True
+    # ONNX Runtime session config entries (SessionOptions.add_session_config_entry), e.g.
+    # "session.intra_op_thread_affinities" = "1;2": where each intra-op thread but the caller's may run
+    config_entries: dict[str, str] = {}
 
 
 class Profile(pydantic.BaseModel):
@@ -53,6 +56,9 @@ class Profile(pydantic.BaseModel):
     provider: str
     description: str = ""
     fallback: tuple[str, ...] = ()
+    # the weights' precision a model must have to run under this profile (`edgekit quantize --precision`
+    # writes it as edgekit.precision; an unquantized export is fp32); "any" takes every model
+    precision: Literal["any", "fp32", "fp16", "int8", "int8-static", "int4"] = "any"
     session: SessionSettings = SessionSettings()
     provider_options: dict[str, Any] = {}
 
@@ -65,6 +71,8 @@ class Profile(pydantic.BaseModel):
         so.execution_mode = _EXEC_MODES[cfg.execution_mode]
         so.enable_cpu_mem_arena = cfg.enable_cpu_mem_arena
         so.enable_mem_pattern = cfg.enable_mem_pattern
+        for key, value in cfg.config_entries.items():
+            so.add_session_config_entry(key, value)
         # ONNX Runtime's own log (even its errors, which edgekit reports as one line) only when asked for
         so.log_severity_level = 2 if os.environ.get("EDGEKIT_ORT_LOG") else 4
         return so
@@ -77,6 +85,15 @@ class Profile(pydantic.BaseModel):
                 f"build; available: {', '.join(available)}"
             )
         return [(self.provider, dict(self.provider_options))] + [p for p in self.fallback if p in available]
+
+
+    def check_precision(self, model: str, precision: str | None) -> None:
+        """A profile for fp16 weights fed an fp32 model would measure the wrong thing: refuse, say how to fix."""
+        precision = precision or "fp32"
+        if self.precision not in ("any", precision):
+            raise ExecutionProviderError(
+                f"profile '{self.name}' expects {self.precision} models, but {model} is {precision}: "
+                f"run `edgekit quantize {model} -o OUT.onnx --precision {self.precision}` first")
 
 
 def profiles_dir() -> Path:

@@ -62,6 +62,19 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; includes loading
 
 
+def _gpu_peak(ep: str):
+    """A device-memory sampler for CUDA profiles (host RSS is no GPU figure); nothing for the others."""
+    import contextlib
+
+    from edgekit.ep_profiles import load_profile
+    from edgekit.gpu_memory import GpuPeak
+
+    profile = load_profile(ep)
+    if profile.provider != "CUDAExecutionProvider":
+        return contextlib.nullcontext()
+    return GpuPeak(int(profile.provider_options.get("device_id", 0)))
+
+
 def measure(model: str, workload: dict, repeat: int, warmup: int, ep: str, threads: int | None,
             seed: int) -> dict:
     from edgekit.runners import runner_for
@@ -70,13 +83,14 @@ def measure(model: str, workload: dict, repeat: int, warmup: int, ep: str, threa
     loaded = psutil.Process().memory_info().rss
     exact_peak = _reset_peak_rss()
     feeds = runner.feeds(workload, seed)
-    for _ in range(warmup):
-        feeds = runner.step(feeds)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        feeds = runner.step(feeds)
-        times.append((time.perf_counter() - start) * 1000)
+    with _gpu_peak(ep) as gpu:
+        for _ in range(warmup):
+            feeds = runner.step(feeds)
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            feeds = runner.step(feeds)
+            times.append((time.perf_counter() - start) * 1000)
     median = statistics.median(times)
     items_per_s = runner.task.items(workload) / (median / 1000)
     row = {
@@ -90,6 +104,7 @@ def measure(model: str, workload: dict, repeat: int, warmup: int, ep: str, threa
         "peak_source": "VmHWM reset after loading" if exact_peak else "ru_maxrss (includes loading)",
         "throughput": {"value": items_per_s, "unit": runner.task.unit},
         "runner": runner.describe(),
+        **(gpu.fields() if gpu else {}),
     }
     if runner.task.unit == "tokens/s":
         row["tokens_per_s"] = items_per_s

@@ -18,6 +18,7 @@ from edgekit.ep_profiles import load_profile
 from edgekit.errors import ModelLoadError, ProfileError, ShapeError, first_line
 from edgekit.interface import TASK
 from edgekit.profile_worker import row_base
+from edgekit.report import SCHEMA_VERSION
 from edgekit.tasks import describe, get_task
 
 Progress = Callable[[str, int, int], None]  # (what runs now, how many are done, how many in all)
@@ -27,8 +28,11 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
             image_sizes: Sequence[int] | None = None, batch_sizes: Sequence[int] | None = None,
             repeat: int = 3, warmup: int = 1, ep: str = "cpu", threads: int | None = None,
             timeout_s: float | None = None, memory_limit_mb: float | None = None,
-            on_step: Progress | None = None) -> dict:
+            on_step: Progress | None = None, command: str | None = None) -> dict:
     """Measure every (model, workload); the first model is the baseline the ratios refer to.
+
+    `command` is the command line recorded as provenance (the CLI passes sys.argv); the API records
+    the call itself.
 
     The models' task (from their metadata) says which axes apply: `seq_lens` for token models,
     `image_sizes` for image models, `batch_sizes` for every kind. A point that runs out of memory, fails
@@ -50,12 +54,23 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
     for row in results:
         row.setdefault("task", task.name)
     add_ratios(results, baseline=models[0])
-    settings = {"repeat": repeat, "warmup": warmup, "task": task.name, "workloads": workloads,
+    settings = {"schema_version": SCHEMA_VERSION, "repeat": repeat, "warmup": warmup, "task": task.name,
+                "workloads": workloads,
                 "baseline": models[0],
                 "memory": "RSS high-water mark above the loaded model, fresh process per model and workload"}
     if "seq_len" in task.axes:
         settings["seq_lens"] = sorted({w["seq_len"] for w in workloads})
-    return {"results": results, "environment": environment(ep, threads), "settings": settings}
+    env = environment(ep, threads)
+    env["command"] = command or _api_call(models, seq_lens, image_sizes, batch_sizes, repeat, warmup, ep, threads)
+    return {"results": results, "environment": env, "settings": settings}
+
+
+def _api_call(models, seq_lens, image_sizes, batch_sizes, repeat, warmup, ep, threads) -> str:
+    """How the Python API was called, for a results file that did not come from the CLI."""
+    args = dict(seq_lens=seq_lens, image_sizes=image_sizes, batch_sizes=batch_sizes, repeat=repeat,
+                warmup=warmup, ep=ep, threads=threads)
+    given = ", ".join(f"{k}={v!r}" for k, v in args.items() if v is not None)
+    return f"edgekit.profile({list(models)!r}, {given})"
 
 
 def check_workloads(models: Sequence[str], task, workloads: list[dict]) -> None:
@@ -117,7 +132,11 @@ def check_request(models, ep: str = "cpu", **settings) -> list[str]:
     for model in models:
         _check_model_file(model)
     check_settings(**settings)
-    load_profile(ep).providers()  # unknown or unavailable provider
+    ep_profile = load_profile(ep)
+    ep_profile.providers()  # unknown or unavailable provider
+    for model in models:
+        if Path(model).suffix != ".gguf":
+            ep_profile.check_precision(model, _metadata(model).get("edgekit.precision"))
     return models
 
 
@@ -214,7 +233,29 @@ def environment(ep: str, threads: int | None) -> dict:
                                "session": dict(profile.session), "provider_options": dict(profile.provider_options),
                                "threads": threads},
         "versions": versions,
+        "git_commit": git_commit(),
+        "gpu": gpu_name() if profile.provider == "CUDAExecutionProvider" else None,
     }
+
+
+def git_commit() -> str | None:
+    """The commit of the edgekit source tree when it is a git checkout (an installed wheel has none)."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        proc = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.strip() or None
+
+
+def gpu_name() -> str | None:
+    """The first GPU's model from NVML, when nvidia-ml-py is installed and a driver answers."""
+    from edgekit.gpu_memory import device_name
+
+    return device_name()
 
 
 def _cpu_name() -> str:

@@ -12,6 +12,8 @@ from pydantic_core import PydanticCustomError
 from edgekit.errors import ProfileError
 from edgekit.files import atomic_output
 
+SCHEMA_VERSION = 2  # settings.schema_version of new files; 1 (absent): files from before provenance fields
+
 # workload key -> (table column, plot axis label, one value in words); other keys show as themselves
 WORKLOAD_AXES = {
     "seq_len": ("tokens", "prompt tokens", "{} tokens"),
@@ -88,7 +90,15 @@ def load_results(path: str) -> dict:
         ResultsFile.model_validate(data)
     except ValidationError as exc:
         raise ProfileError(f"{path}: {_schema_error(exc)}") from None
+    _check_version(path, data.get("settings", {}).get("schema_version", 1))
     return data
+
+
+def _check_version(path: str, version) -> None:
+    """A file from a newer edgekit may mean something else by the same field: refuse it, say what to do."""
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ProfileError(f"{path} has results schema version {version}; this edgekit reads up to "
+                           f"{SCHEMA_VERSION}: upgrade edgekit to read it")
 
 
 def _schema_error(exc: ValidationError) -> str:
@@ -109,12 +119,13 @@ def workload_of(row: dict) -> dict:
     return row.get("workload") or {"seq_len": row["seq_len"]}
 
 
-def _axis(key: str) -> tuple[str, str, str]:
+def axis_names(key: str) -> tuple[str, str, str]:
+    """(table column, plot axis label, one value in words) of a workload key."""
     return WORKLOAD_AXES.get(key, (key, key, f"{key} {{}}"))
 
 
 def workload_label(row: dict) -> str:
-    return ", ".join(_axis(k)[2].format(v) for k, v in workload_of(row).items())
+    return ", ".join(axis_names(k)[2].format(v) for k, v in workload_of(row).items())
 
 
 def display_names(models) -> dict[str, str]:
@@ -160,7 +171,7 @@ def markdown(report: dict) -> str:
     columns = [  # (header, right-aligned, cell)
         ("model", False, lambda i, r: names[r["model"]]),
         ("method", False, lambda i, r: r.get("method") or "—"),
-        *[(_axis(k)[0], True, lambda i, r, k=k: _fmt(workload_of(r).get(k), "{}")) for k in keys],
+        *[(axis_names(k)[0], True, lambda i, r, k=k: _fmt(workload_of(r).get(k), "{}")) for k in keys],
         ("status", False, lambda i, r: r["status"] + (f" [{numbers[i]}]" if i in numbers else "")),
         ("median ms", True, lambda i, r: _fmt((r.get("latency_ms") or {}).get("median"), "{:.1f}")),
         ("p90 ms", True, lambda i, r: _fmt((r.get("latency_ms") or {}).get("p90"), "{:.1f}")),
@@ -222,7 +233,7 @@ def plot(report: dict, output: str) -> None:
             failed = next((r["status"] for r in rs if x_of(r) == n and r["status"] != "ok"), None)
             if failed:
                 ax_mem.annotate(failed, (x, 0), ha="center", va="bottom", rotation=90, fontsize=8)
-    label = _axis(axis)[1]
+    label = axis_names(axis)[1]
     ax_lat.set(xscale="log", yscale="log", xlabel=label, ylabel="latency, median (s)", title="Latency")
     ax_lat.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # only the measured sizes
     ax_lat.set_xticks(sizes, [str(n) for n in sizes])

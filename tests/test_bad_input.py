@@ -124,6 +124,32 @@ ROWS = {
                                       ("no-latency.json: row 2: 'latency_ms' missing",)),
     "report_row_without_seq_len": Bad(["report", "{w}/no-seq-len.json"], 1, ("row 1: 'seq_len' (or 'workload') missing",)),
     "report_passkey_file": Bad(["report", "{w}/passkey.json"], 1, ("this is a passkey results file",)),
+    # -- report formats and CI gates: thresholds, baselines, schema versions, outputs -----------------
+    "report_bad_threshold": Bad(["report", "{w}/profile.json", "--compare", "{w}/profile.json", "--fail-on",
+                                 "latency:ten", "-o", f"{OUT}.html"], 1, ("--fail-on wants METRIC:+N%", "latency:ten")),
+    "report_threshold_unknown_metric": Bad(["report", "{w}/profile.json", "--compare", "{w}/profile.json",
+                                            "--fail-on", "speed:+5%"], 1, ("'speed:+5%'", "latency, memory")),
+    "profile_bad_threshold": Bad(profile("--compare", "{w}/profile.json", "--fail-on", "latency+10", "--json",
+                                         f"{OUT}.json"), 1, ("--fail-on wants",)),
+    "profile_compare_without_fail_on": Bad(profile("--compare", "{w}/profile.json", "--json", f"{OUT}.json"), 1,
+                                           ("--compare and --fail-on go together",)),
+    "profile_baseline_wrong_schema": Bad(profile("--compare", "{w}/no-latency.json", "--fail-on", "latency:+10%",
+                                                 "--json", f"{OUT}.json"), 1, ("no-latency.json: row 2",)),
+    "report_baseline_wrong_schema": Bad(["report", "{w}/profile.json", "--compare", "{w}/results-5.json",
+                                         "--fail-on", "latency:+10%"], 1, ("results-5.json", "'results'")),
+    "report_newer_schema_version": Bad(["report", "{w}/schema-v3.json", "-o", f"{OUT}.html"], 1,
+                                       ("schema-v3.json has results schema version 3", "upgrade edgekit")),
+    "report_empty_sweep_baseline": Bad(["report", "{w}/profile.json", "--compare", "{w}/results-empty.json",
+                                        "--fail-on", "memory:+10%"], 1, ("results-empty.json", "no results")),
+    "report_unknown_format": Bad(["report", "{w}/profile.json", "--format", "pdf", "-o", f"{OUT}.pdf"], 1,
+                                 ("unknown report format 'pdf'", "html")),
+    "report_output_onto_a_directory": Bad(["report", "{w}/profile.json", "-o", "{w}"], 1, ("it is a directory",)),
+    "report_output_parent_is_a_file": Bad(["report", "{w}/profile.json", "-o", "{w}/notes.txt/r.html"], 1,
+                                          ("notes.txt is a file, not a folder",)),
+    "report_output_read_only_folder": Bad(["report", "{w}/profile.json", "-o", "{w}/read-only/r.html"], 1,
+                                          ("not writable",), needs_non_root=True),
+    "report_passkey_option_not_passkey": Bad(["report", "{w}/profile.json", "--passkey", "{w}/profile.json", "-o",
+                                              f"{OUT}.html"], 1, ("not an edgekit passkey results file",)),
     # -- other model kinds: options, methods and checkpoints that do not fit ---------------------------
     "export_hilo_alpha_above_1": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--method", "hilo",
                                       "--alpha", "1.5"], 1, ("alpha", "<= 1")),
@@ -191,7 +217,7 @@ BAD_ROWS = [pytest.param(row, id=name) for name, row in ROWS.items()]
 # run as a real process: the console script, its own streams and exit code.
 IN_A_PROCESS = ["bare_edgekit_prints_help", "quantize_parent_is_file", "compile_cuda_absent", "export_without_output", "export_unknown_architecture",
                 "profile_not_an_edgekit_model", "profile_corrupt_onnx", "export_parent_is_a_file",
-                "report_row_without_latency", "report_not_json"]
+                "report_row_without_latency", "report_not_json", "report_bad_threshold"]
 
 OK_ROW = {"model": "dense.onnx", "method": "dense", "seq_len": 32, "status": "ok",
           "latency_ms": {"median": 1.0, "p90": 1.2}, "peak_rss_mb": 5.0}
@@ -243,7 +269,8 @@ def inputs(tmp_path_factory) -> Path:
     files = {"profile": {"results": [OK_ROW]}, "results-5": {"results": 5}, "results-empty": {"results": []},
              "no-latency": {"results": [OK_ROW, {k: v for k, v in OK_ROW.items() if k != "latency_ms"}]},
              "no-seq-len": {"results": [{k: v for k, v in OK_ROW.items() if k != "seq_len"}]},
-             "passkey": {"results": [{"model": "m.onnx", "seq_len": 256, "found": True}], "summary": []}}
+             "passkey": {"results": [{"model": "m.onnx", "seq_len": 256, "found": True}], "summary": []},
+             "schema-v3": {"results": [OK_ROW], "settings": {"schema_version": 3}}}
     for name, data in files.items():
         (w / f"{name}.json").write_text(json.dumps(data))
     GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0,

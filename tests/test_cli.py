@@ -88,7 +88,7 @@ def test_providers_lists_profiles_with_availability():
     proc = edgekit("providers")
     assert_ok(proc)
     rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
-    assert {"cpu", "cpu-lowmem", "cuda"} <= set(rows)
+    assert {"cpu", "cpu-2threads", "cpu-lowmem", "cuda", "cuda-fp16"} <= set(rows)
     assert "CPUExecutionProvider" in rows["cpu"] and "available" in rows["cpu"]
     assert "not in this onnxruntime build" in rows["cuda"]  # the CPU-only wheel
 
@@ -141,6 +141,9 @@ def test_profile_json_schema(profiled, workdir):
     assert env["execution_provider"]["profile"] == "cpu"
     assert env["versions"]["onnxruntime"] == __import__("onnxruntime").__version__
     assert data["settings"]["baseline"] == str(paths[0])
+    assert data["settings"]["schema_version"] == 2
+    assert env["command"].startswith("edgekit profile ") and "--seq-lens 32,64" in env["command"]
+    assert "git_commit" in env and env["gpu"] is None  # a CPU profile names no GPU
 
 
 def test_report_renders_saved_json(profiled, workdir):
@@ -150,6 +153,15 @@ def test_report_renders_saved_json(profiled, workdir):
     assert len(table) == 1 + 4 and all("| ok |" in line for line in table[1:])
     assert proc.stdout.strip() == profiled[0].stdout.strip()  # same table as `profile` printed
     assert (workdir / "report.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_profile_gate_against_its_own_results_passes(profiled, exported, workdir):
+    """The same models against their own saved results: every change is inside threshold or noise."""
+    paths = [exported["dense"][1], exported["dhsa"][1]]
+    proc = edgekit("profile", *paths, "--seq-lens", "32,64", "--repeat", 3, "--compare", workdir / "profile.json",
+                   "--fail-on", "latency:+400%,memory:+400%")
+    assert_ok(proc)
+    assert "| dense.onnx | dense | 32 tokens | latency |" in proc.stdout and "gate: 0 regression(s)" in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -90,3 +90,75 @@ def test_policy_rows_are_labelled_by_batch_and_plotted_by_batch(tmp_path):
     assert varying_axis(rows) == "batch_size"
     plot(report, str(tmp_path / "policy.png"))
     assert (tmp_path / "policy.png").read_bytes().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------------------------------------------
+# several files: HTML, CSV, JSON, Markdown; provenance; schema versions
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from edgekit.errors import ProfileError  # noqa: E402
+from edgekit.report_formats import format_of, load_files, render  # noqa: E402
+
+BASELINE = Path(__file__).parent.parent / "benchmarks" / "ci-baseline" / "cpu"
+
+
+def _two_devices(tmp_path) -> list[Path]:
+    """The committed CI baseline as if measured on a second device and commit."""
+    other = json.loads((BASELINE / "llama.json").read_text())
+    other["environment"].update(cpu="Other CPU", git_commit="abcdef0123", command="edgekit profile on-the-other")
+    path = tmp_path / "other" / "llama.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(other))
+    return [BASELINE / "llama.json", path]
+
+
+def test_html_is_one_self_contained_file_with_figures_and_provenance(tmp_path):
+    passkey = {"summary": [{"model": "d.onnx", "method": m, "seq_len": n, "found": f, "total": 3}
+                           for m, n, f in [("dense", 256, 3), ("dhsa", 256, 3), ("dhsa", 1024, 2)]]}
+    text = render(load_files(_two_devices(tmp_path)), "html", passkey=[passkey])
+    assert text.startswith("<!DOCTYPE html>") and "http://" not in text and "https://" not in text
+    assert "<script" not in text and text.count('src="data:image/png;base64,') == 5  # 4 + accuracy vs speed
+    assert "Accuracy vs speed" in text and "Speed-up vs the baseline" in text
+    assert "Other CPU · cpu · abcdef0" in text  # the device column tells the files apart
+    assert "edgekit profile on-the-other" in text and "abcdef0123" in text
+    assert "session options" in text and "onnxruntime" in text
+
+
+def test_csv_and_json_have_one_row_per_result_with_its_device(tmp_path):
+    files = load_files(_two_devices(tmp_path))
+    lines = render(files, "csv").splitlines()
+    assert lines[0].startswith("file,device,model,method,task,seq_len,status,median_ms")
+    assert len(lines) == 1 + 8 and sum("Other CPU" in line for line in lines) == 4
+    data = json.loads(render(files, "json"))
+    assert len(data["rows"]) == 8 and data["files"][1]["environment"]["git_commit"] == "abcdef0123"
+    md = render(files, "md")
+    assert md.count("## ") == 2 and "Other CPU" in md
+
+
+def test_old_files_without_provenance_still_render(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"results": [OLD_ROW], "settings": {"baseline": "dense.onnx"}}))
+    text = render(load_files([path]), "html")
+    assert "not recorded (an older results file)" in text
+
+
+def test_a_newer_schema_version_is_refused(tmp_path):
+    path = tmp_path / "new.json"
+    path.write_text(json.dumps({"results": [OLD_ROW], "settings": {"schema_version": 3}}))
+    with pytest.raises(ProfileError, match="schema version 3; this edgekit reads up to 2"):
+        load_results(str(path))
+
+
+@pytest.mark.parametrize("output, fmt, expected", [("r.html", None, "html"), ("r.csv", None, "csv"),
+                                                   (None, None, "md"), ("r.txt", "json", "json"), ("r", None, "md")])
+def test_format_comes_from_the_flag_then_the_suffix(output, fmt, expected):
+    assert format_of(output, fmt) == expected
+
+
+def test_files_of_different_tasks_plot_apart():
+    text = render(load_files([BASELINE / "llama.json", BASELINE / "litv2.json"]), "html")
+    assert text.count('src="data:image/png;base64,') == 8
+    assert "Latency (median) · text-generation" in text and "Latency (median) · image-classification" in text
