@@ -280,10 +280,14 @@ def DHSAAttention(
     budget = op.Reshape(op.Constant(value_int=budget_tokens), one)
 
     if op.Squeeze(seq <= budget):
-        # 0. every key fits the budget, so every key is kept: plain dense causal (windowed) attention
-        gap = op.Unsqueeze(pos, one) - pos  # (S, S) query position - key position
-        causal = op.And(gap >= 0, gap < window)
-        result = op.Attention(query * q_scale, key, value, causal, scale=1.0, softcap=softcap)
+        # 0. every key fits the budget, so every key is kept: dense causal attention, the fused is_causal
+        # kernel the dense export runs (a window needs the mask)
+        if op.Squeeze(window > seq):
+            result = op.Attention(query * q_scale, key, value, is_causal=1, scale=1.0, softcap=softcap)
+        else:
+            gap = op.Unsqueeze(pos, one) - pos  # (S, S) query position - key position
+            causal = op.And(gap >= 0, gap < window)
+            result = op.Attention(query * q_scale, key, value, causal, scale=1.0, softcap=softcap)
     else:
         # 1. chunk boundaries from consecutive-key cosine similarity
         unit = key / (op.ReduceL2(key, op.Constant(value_ints=[-1]), keepdims=1) + op.CastLike(1e-6, key))
