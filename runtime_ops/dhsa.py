@@ -50,6 +50,7 @@ from onnxscript.values import Opset
 
 from edgekit.errors import InvalidAttributeError, ShapeError
 
+from .attention_inputs import check_qkv, qkv_sample
 from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register
 
 edgekit_opset = Opset(DOMAIN, DOMAIN_OPSET)
@@ -220,12 +221,7 @@ def dhsa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
 
 
 def _reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **attrs) -> torch.Tensor:
-    if query.dim() != 4 or key.shape != value.shape or key.dim() != 4:
-        raise ShapeError(f"DHSAAttention wants 4-D (B, H, S, D) inputs, got {list(query.shape)}, "
-                         f"{list(key.shape)}, {list(value.shape)}")
-    if query.shape[1] % key.shape[1] or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
-        raise ShapeError(f"DHSAAttention: query {list(query.shape)} does not fit key {list(key.shape)} "
-                         f"(needs same B, S, D and query heads a multiple of key heads)")
+    check_qkv("DHSAAttention", query, key, value)
     return dhsa_attention(query, key, value, **attrs)
 
 
@@ -418,13 +414,7 @@ SMALL = dict(block_size=16, chunk_size=8, budget_tokens=64, sink_tokens=8, local
 
 
 def _sample(name, B, Hq, Hkv, S, D, atol=1e-5, **attrs) -> Sample:
-    def inputs(seed: int = 0) -> list[torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
-        return [torch.randn(B, Hq, S, D, generator=g),  # query (B, Hq, S, D)
-                torch.randn(B, Hkv, S, D, generator=g),  # key   (B, Hkv, S, D)
-                torch.randn(B, Hkv, S, D, generator=g)]  # value (B, Hkv, S, D)
-
-    return Sample(name, inputs, {**SMALL, **attrs}, atol)
+    return qkv_sample(name, B, Hq, Hkv, S, D, atol, **{**SMALL, **attrs})
 
 
 def samples() -> list[Sample]:

@@ -26,6 +26,7 @@ from onnxscript.values import Opset
 
 from edgekit.errors import ShapeError
 
+from .attention_inputs import check_qkv, qkv_sample
 from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register
 
 edgekit_opset = Opset(DOMAIN, DOMAIN_OPSET)
@@ -43,11 +44,7 @@ ATTRIBUTES = (
 
 def _reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, window: int, softcap: float,
                scale: float) -> torch.Tensor:
-    if query.dim() != 4 or key.dim() != 4 or key.shape != value.shape:
-        raise ShapeError(f"SlidingWindowAttention wants 4-D (B, H, S, D) inputs, got {list(query.shape)}, "
-                         f"{list(key.shape)}, {list(value.shape)}")
-    if query.shape[1] % key.shape[1] or query.shape[0] != key.shape[0] or query.shape[2:] != key.shape[2:]:
-        raise ShapeError(f"SlidingWindowAttention: query {list(query.shape)} does not fit key {list(key.shape)}")
+    check_qkv("SlidingWindowAttention", query, key, value)
     group = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     logits = query @ key.transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)  # (B, Hq, S, S)
@@ -119,17 +116,8 @@ def SlidingWindowAttention(query: FLOAT, key: FLOAT, value: FLOAT, window: int =
 # Parity-table samples: S below, at and past the window, ragged blocks, GQA, batch, softcap, scale.
 
 
-def _sample(name, B, Hq, Hkv, S, D, atol=1e-5, **attrs) -> Sample:
-    def inputs(seed: int = 0) -> list[torch.Tensor]:
-        g = torch.Generator().manual_seed(seed)
-        return [torch.randn(B, Hq, S, D, generator=g), torch.randn(B, Hkv, S, D, generator=g),
-                torch.randn(B, Hkv, S, D, generator=g)]
-
-    return Sample(name, inputs, attrs, atol)
-
-
 def samples() -> list[Sample]:
-    s = _sample
+    s = qkv_sample
     return [
         s("S1", 1, 2, 1, 1, 8, window=4),
         s("S_lt_window", 1, 4, 2, 10, 16, window=16),
