@@ -48,7 +48,7 @@ from onnxscript import BOOL, FLOAT, INT64, script
 from onnxscript import opset23 as op
 from onnxscript.values import Opset
 
-from edgekit.errors import InvalidAttributeError, ShapeError
+from edgekit.errors import InvalidAttributeError
 
 from .attention_inputs import check_qkv, qkv_sample
 from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register

@@ -24,7 +24,6 @@ from onnxscript import FLOAT, script
 from onnxscript import opset23 as op
 from onnxscript.values import Opset
 
-from edgekit.errors import ShapeError
 
 from .attention_inputs import check_qkv, qkv_sample
 from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register
