@@ -1,0 +1,83 @@
+"""edgekit::FlowCutPrune semantics (the parity table in test_op_parity.py covers ORT vs the reference per
+sample) and the LLaVA-style VLM family on its tiny preset, every method."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgekit.runtime_ops import get_op
+from edgekit.runtime_ops.attach import single_op_model
+from edgekit.runtime_ops.flowcut import sample_inputs
+
+OP = get_op("FlowCutPrune")
+
+
+def run_ort(inputs, **attrs):
+    model = single_op_model(OP, attrs, inputs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {n: x.numpy() for n, x in zip(OP.inputs, inputs)})
+
+
+@pytest.mark.parametrize("temperature", [0.05, 1.0, 8.0], ids=["peaked", "plain", "flat"])
+def test_kept_indices_identical_to_reference(temperature):
+    x = sample_inputs(2, 197, 24, 6, 16, temperature, seed=3)
+    attrs = dict(target=32, layers_left=4)
+    want = OP(*x, **attrs)
+    got = run_ort(x, **attrs)
+    np.testing.assert_array_equal(got[1], want[1].numpy())
+    np.testing.assert_allclose(got[0], want[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(got[2], want[2].numpy(), atol=1e-5)
+
+
+def test_peaked_attention_prunes_more_than_flat():
+    kept = {t: OP(*sample_inputs(1, 197, 24, 6, 16, t), target=32, layers_left=4)[1].shape[1] for t in (0.05, 8.0)}
+    assert kept[0.05] < kept[8.0] <= 196
+
+
+def test_kept_patches_stay_in_spatial_order_and_relay_first():
+    x = sample_inputs(2, 101, 16, 4, 8, 0.2)
+    x[5] = torch.arange(100).expand(2, -1).contiguous()
+    hidden, idx, _ = OP(*x, target=20, layers_left=9)
+    assert (idx.diff(dim=1) > 0).all()
+    torch.testing.assert_close(hidden[:, 0], x[0][:, 0])
+    torch.testing.assert_close(hidden[:, 1:], x[0][:, 1:].gather(1, idx[..., None].expand(-1, -1, 16)))
+
+
+def test_at_or_below_target_is_a_noop_scores_untouched():
+    for n in (16, 8):
+        x = sample_inputs(2, n + 1, 16, 4, 8)
+        got = run_ort(x, target=16, layers_left=3)
+        for g, want in zip(got, (x[0], x[5], x[4])):
+            np.testing.assert_array_equal(g, want.numpy())
+
+
+def test_last_stage_reaches_target_exactly():
+    hidden, idx, scores = OP(*sample_inputs(3, 577, 16, 6, 8, 8.0), target=64, layers_left=0)
+    assert hidden.shape == (3, 65, 16) and idx.shape == scores.shape == (3, 64)
+
+
+def test_static_keep_keeps_exactly_the_count():
+    for t in (0.05, 8.0):
+        got = run_ort(sample_inputs(2, 129, 16, 4, 8, t), static_keep=50, target=16)
+        assert got[0].shape == (2, 51, 16) and got[1].shape == (2, 50) and got[1].dtype == np.int64
+
+
+def test_first_layer_ignores_incoming_scores():
+    x = sample_inputs(2, 50, 16, 4, 8)
+    y = list(x)
+    y[4] = torch.full_like(x[4], 1e6)
+    a, b = OP(*x, target=10, prune=0, accumulate=0), OP(*y, target=10, prune=0, accumulate=0)
+    torch.testing.assert_close(a[2], b[2])
+
+
+def test_ties_resolve_to_the_lower_index():
+    x = sample_inputs(1, 9, 4, 1, 4)
+    x[1] = torch.zeros_like(x[1])  # uniform attention
+    x[3] = torch.ones_like(x[3])  # identical values: every patch scores the same
+    _, idx, _ = OP(*x, target=3, layers_left=0, accumulate=0)
+    got = run_ort(x, target=3, layers_left=0, accumulate=0)
+    np.testing.assert_array_equal(got[1], idx.numpy())
+    np.testing.assert_array_equal(idx.numpy(), x[5][:, :3].numpy())
