@@ -36,17 +36,19 @@ TensorRT / CUDA graphs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_or_false
 from onnxscript import FLOAT, INT64, script
 from onnxscript import opset23 as op
 from onnxscript.values import Opset
 
 from edgekit.errors import ShapeError
 
-from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register
+from .registry import DOMAIN, DOMAIN_OPSET, Attribute, DataDependent, OpDef, Output, Sample, register
 
 edgekit_opset = Opset(DOMAIN, DOMAIN_OPSET)
 
@@ -63,16 +65,22 @@ ATTRIBUTES = (
 TINY = 1e-30  # p log p at p = 0 is taken as 0 (log of TINY, times 0)
 
 
+def surely(condition) -> bool:
+    """True only if the condition holds for every value of the symbolic sizes in it (plain bools as they are)."""
+    return guard_or_false(condition) if isinstance(condition, torch.SymBool) else bool(condition)
+
+
 def check_shapes(shapes: Sequence[Sequence[int]]) -> None:
+    """One line per misfit; while exporting, sizes may be symbolic: only a surely-wrong size raises."""
     hidden, q, k, v, scores, indices = (tuple(s) for s in shapes)
-    if len(hidden) != 3 or hidden[1] < 2:
+    if len(hidden) != 3 or surely(hidden[1] < 2):
         raise ShapeError(f"FlowCutPrune: hidden must be (B, N, C) with a relay token and patches, got {list(hidden)}")
     b, n = hidden[:2]
     for name, s in (("query", q), ("key", k), ("value", v)):
-        if len(s) != 4 or s[0] != b or s[2] != n:
+        if len(s) != 4 or surely(s[0] != b) or surely(s[2] != n):
             raise ShapeError(f"FlowCutPrune: {name} must be (B, H, N, d) = ({b}, H, {n}, d), got {list(s)}")
     for name, s in (("scores", scores), ("indices", indices)):
-        if s != (b, n - 1):
+        if len(s) != 2 or surely(s[0] != b) or surely(s[1] != n - 1):
             raise ShapeError(f"FlowCutPrune: {name} must be (B, N - 1) = ({b}, {n - 1}), got {list(s)}")
 
 
@@ -80,24 +88,38 @@ def check_shapes(shapes: Sequence[Sequence[int]]) -> None:
 # PyTorch reference
 
 
-def flow_scores(query, key, value, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s (B, N-1), CLS attention over patches normalised to sum 1 (B, N-1))."""
+def cls_attention(query, key, scale: float) -> torch.Tensor:
+    """CLS's attention over the patches, head mean, normalised to sum 1: (B, N-1)."""
     scale = scale or query.shape[-1] ** -0.5
     attn = (query[:, :, :1] @ key.transpose(-1, -2) * scale).softmax(-1).mean((1, 2))[:, 1:]  # (B, N-1)
+    return attn / attn.sum(-1, keepdim=True)
+
+
+def flow_scores(query, key, value, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s (B, N-1), CLS attention over patches normalised to sum 1 (B, N-1))."""
+    p = cls_attention(query, key, scale)
     sim = (value[:, :, :1] @ value.transpose(-1, -2)).softmax(-1).mean((1, 2))[:, 1:]  # (B, N-1)
     norm = value.mean(1).abs().sum(-1)[:, 1:]  # (B, N-1)
-    p = attn / attn.sum(-1, keepdim=True)
     return (p + sim / sim.sum(-1, keepdim=True)) * norm, p
 
 
-def adaptive_keep(p: torch.Tensor, target: int, layers_left: int) -> int:
-    """Patches kept at a stage: fewer removed when CLS attends flatly (entropy ratio rho near 1)."""
-    n = p.shape[-1]
-    if layers_left == 0:
-        return target
-    rho = -(p * p.clamp_min(TINY).log()).sum(-1) / math.log(n)  # (B,)
+def keep_count(p: torch.Tensor, target: int, layers_left: int) -> torch.Tensor:
+    """Patches kept at an adaptive stage, a 0-d int64 tensor (tensor ops only: it is traced while exporting,
+    where N may be symbolic). Fewer are removed when CLS attends flatly (entropy ratio rho near 1)."""
+    n = torch.ones_like(p).sum(-1)  # (B,) N - 1 as a float
+    rho = -(p * p.clamp_min(TINY).log()).sum(-1) / n.log()  # (B,)
     r = ((n - target) / math.sqrt(layers_left) * (1 - rho * rho)).max().round()
-    return max(n - int(r), target)
+    return torch.minimum((n[0] - r).clamp_min(target), n[0]).to(torch.int64)
+
+
+def adaptive_keep(p: torch.Tensor, target: int, layers_left: int) -> int:
+    return target if layers_left == 0 else int(keep_count(p, target, layers_left))
+
+
+def _data_sizes(inputs: Sequence[torch.Tensor], attrs: dict) -> dict[str, torch.Tensor]:
+    """While exporting: the adaptive count as a traced tensor, so downstream shapes follow the real one."""
+    p = cls_attention(inputs[1], inputs[2], attrs["scale"])
+    return {"n": keep_count(p, attrs["target"], attrs["layers_left"])}
 
 
 def stable_top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -136,18 +158,21 @@ def schedule_keep(n: int, target: int, layers_left: int) -> int:
     return max(n - round((n - target) / math.sqrt(layers_left)), target)
 
 
-def _output_shapes(input_shapes: Sequence[Sequence[int]], attrs: dict) -> list[list[int]]:
-    """Adaptive counts are data-dependent: the trace-time size is the rho = 0 schedule's (exporters must not
-    bake it in: reshape with -1). Static mode and the last stage give the true size."""
+def _output_shapes(input_shapes: Sequence[Sequence[int]], attrs: dict) -> list[list]:
+    """An adaptive stage's count is data-dependent in [target, N - 1] (exported as an unbacked size); static
+    mode, score-only stages, no-op stages and the last stage (layers_left 0) know theirs."""
     check_shapes(input_shapes)
     b, n1, c = input_shapes[0]
-    n = n1 - 1
-    if not attrs["prune"]:
+    n, target = n1 - 1, attrs["target"]
+    if not attrs["prune"] or surely(n <= (attrs["static_keep"] or target)):
         m = n
     elif attrs["static_keep"]:
-        m = min(n, attrs["static_keep"])
+        m = attrs["static_keep"]
+    elif attrs["layers_left"] == 0:
+        m = target
     else:
-        m = schedule_keep(n, attrs["target"], attrs["layers_left"])
+        m = DataDependent(target, n)
+        return [[b, dataclasses.replace(m, plus=1), c], [b, m], [b, m]]
     return [[b, m + 1, c], [b, m], [b, m]]
 
 
@@ -289,5 +314,6 @@ FLOWCUT = register(
         function=FlowCutPrune,
         output_shapes=_output_shapes,
         samples=samples,
+        data_sizes=_data_sizes,
     )
 )
