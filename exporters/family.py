@@ -60,9 +60,6 @@ class Family:
     model_type: ClassVar[str | None] = None  # Hugging Face model_type, routed to the family too
     graph_options: ClassVar[tuple[str, ...]] = ()  # export options that shape the graph, not the op
     tolerance: ClassVar[float] = 1e-3  # export check: max |ONNX - torch| <= tolerance * max(1, max |torch|)
-    # torch's ONNX optimizer materialises Reshape shapes from traced sizes: a family whose graph has
-    # data-dependent sizes (adaptive token pruning) turns it off, for all its methods alike
-    optimize: ClassVar[bool] = True
 
     # --- hooks ---------------------------------------------------------------------------------------
     @classmethod
@@ -134,7 +131,7 @@ class Family:
             program = torch.onnx.export(graph, args, input_names=[s.name for s in interface.inputs],
                                         output_names=[s.name for s in interface.outputs],
                                         dynamic_shapes=dynamic, opset_version=ONNX_OPSET, dynamo=True,
-                                        verbose=False, optimize=cls.optimize)
+                                        verbose=False)
         return declare_dims(program.model_proto, interface)
 
 

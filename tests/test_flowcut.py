@@ -81,3 +81,68 @@ def test_ties_resolve_to_the_lower_index():
     got = run_ort(x, target=3, layers_left=0, accumulate=0)
     np.testing.assert_array_equal(got[1], idx.numpy())
     np.testing.assert_array_equal(idx.numpy(), x[5][:, :3].numpy())
+
+
+# ----------------------------------------------------------------------------------------------------
+# the VLM family on its tiny preset (every method is also exported and run by tests/test_families.py)
+
+from edgekit.errors import ShapeError  # noqa: E402
+from edgekit.exporters import sources  # noqa: E402
+from edgekit.exporters.vlm.llava import Llava  # noqa: E402
+from edgekit.exporters.vlm.tower import flowcut_schedule  # noqa: E402
+from edgekit.exporting import export  # noqa: E402
+from edgekit.session import Session  # noqa: E402
+
+
+def test_official_schedule_reaches_the_target_at_the_layer_before_the_read_layer():
+    stages = flowcut_schedule(read_layer=10, patches=576, keep=64)  # DINOv2 ViT-S: 12 layers, reads layer 10
+    assert [s.layer for s in stages if s.prune] == [1, 3, 5, 7, 9]
+    assert stages[0].accumulate == 0 and all(s.accumulate for s in stages[1:])
+    assert stages[-1].layers_left == 0
+    static = [s.static_keep for s in flowcut_schedule(10, 576, 64, static=True) if s.prune]
+    assert static == sorted(static, reverse=True) and static[-1] == 64
+
+
+@pytest.fixture(scope="module")
+def flowcut_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vlm") / "flowcut.onnx"
+    return export("llava-tiny", str(path), method="flowcut", keep=8), path
+
+
+@pytest.mark.parametrize("seed, batch", [(3, 1), (4, 3)])
+def test_flowcut_vlm_matches_pytorch_on_other_inputs(flowcut_model, seed, batch):
+    result, path = flowcut_model
+    family, model, _ = sources.load("llava-tiny")
+    options, graph_options = family.split_options("flowcut", {"keep": 8})
+    graph = family.prepare(model, "flowcut", options, **graph_options)
+    session = Session(str(path))
+    feeds = session.interface.example_inputs({"batch": batch, "sequence": 20}, seed)
+    feeds["pixel_values"] = np.random.default_rng(seed).random(feeds["pixel_values"].shape, dtype=np.float32)
+    got = session.run(feeds)
+    with torch.no_grad():
+        want = graph(*(torch.from_numpy(feeds[s.name]) for s in session.inputs))
+    assert got["present.0.key"].shape[2] == 20 - 1 + 8
+    for name, w in zip(got, want):
+        np.testing.assert_allclose(got[name], w.numpy(), atol=2e-4, err_msg=name)
+
+
+def test_a_prompt_without_the_image_slot_is_one_line(flowcut_model):
+    session = Session(str(flowcut_model[1]))
+    feeds = session.interface.example_inputs({"batch": 1, "sequence": 12})
+    feeds["input_ids"][:] = 5
+    with pytest.raises(ShapeError, match="holds the slot token .* 0 times; put it exactly once"):
+        session.run(feeds)
+
+
+def test_methods_keep_the_same_count_and_distinct_tokens():
+    _, model, _ = sources.load("llava-tiny")
+    image = torch.rand(2, 3, 64, 64)
+    kept = {}
+    for method in ("flowcut", "uniform", "random"):
+        tower = Llava.prepare(model, method, {"keep": 12}, visual_keep=12).tower
+        with torch.no_grad():
+            patches, idx = tower(image)
+        assert patches.shape == (2, 12, 32) and idx.shape == (2, 12)
+        assert all(len(set(row.tolist())) == 12 for row in idx)
+        kept[method] = idx
+    assert (kept["uniform"][0] == torch.linspace(0, 63, 12).round().long()).all()

@@ -148,7 +148,6 @@ class Llava(Family):
         "llava-dinov2-s-smollm2-135m-real": dict(tower="dinov2-s", image_size=336, llm="smollm2-135m", keep=128),
     }
     graph_options = ("image_size",)
-    optimize = False  # FlowCut's intermediate token counts are data-dependent (see Family.optimize)
     OPTIONS = {"flowcut": ("keep", "static"), "uniform": ("keep",), "random": ("keep",)}
 
     @classmethod
