@@ -81,7 +81,8 @@ class VisionTower(nn.Module):
         hidden = hidden + block.layer_scale2(block.mlp(block.norm2(hidden)))
         return hidden, q, k, v
 
-    def forward(self, image: torch.Tensor):
+    def encode(self, image: torch.Tensor):
+        """Read-layer tokens with CLS first (B, 1 + K, C) and the kept patches' grid indices (B, K)."""
         hidden = self.vit.embeddings((image - self.mean) / self.std)  # (B, 1 + P, C)
         b = hidden.shape[0]
         indices = torch.arange(self.patches).expand(b, -1)  # (B, P)
@@ -94,7 +95,11 @@ class VisionTower(nn.Module):
                     hidden, q, k, v, scores, indices, target=self.keep, layers_left=stage.layers_left,
                     prune=stage.prune, accumulate=stage.accumulate, static_keep=stage.static_keep,
                     scale=float(self.vit.encoder.layer[i].attention.scaling))
-        patches = hidden[:, 1:]  # (B, K, C)
         if self.method in ("uniform", "random"):
-            patches, indices = patches[:, self.selection], self.selection.expand(b, -1)
-        return patches, indices
+            hidden = torch.cat([hidden[:, :1], hidden[:, 1:][:, self.selection]], 1)
+            indices = self.selection.expand(b, -1)
+        return hidden, indices
+
+    def forward(self, image: torch.Tensor):
+        hidden, indices = self.encode(image)
+        return hidden[:, 1:], indices  # (B, K, C) CLS dropped (LLaVA's `patch` features), (B, K)
