@@ -146,3 +146,18 @@ def test_methods_keep_the_same_count_and_distinct_tokens():
         assert all(len(set(row.tolist())) == 12 for row in idx)
         kept[method] = idx
     assert (kept["uniform"][0] == torch.linspace(0, 63, 12).round().long()).all()
+
+
+def test_static_flowcut_export_fixes_every_stage_count(tmp_path):
+    import onnx
+
+    path = tmp_path / "static.onnx"
+    export("llava-tiny", str(path), method="flowcut", keep=8, static=1)
+    nodes = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+             for n in onnx.load(str(path)).graph.node if n.op_type == "FlowCutPrune"]
+    assert len(nodes) == 4  # 6 layers, reads layer 4: stages after layers 0..3
+    assert [n["static_keep"] > 0 for n in nodes] == [bool(n["prune"]) for n in nodes]
+    assert nodes[-1]["static_keep"] == 8
+    session = Session(str(path))
+    out = session.run(session.interface.example_inputs({"batch": 3, "sequence": 20}))
+    assert out["present.1.value"].shape[:3] == (3, 2, 20 - 1 + 8)
