@@ -134,9 +134,9 @@ def speed_rows(preset: str, model, keeps: list[int], images: np.ndarray, prompt_
     size, patches = images.shape[-1], model.patches(images.shape[-1])
     rows = []
     llm_path = folder / "llm.onnx"
-    edgekit.export(model.config.llm, str(llm_path), method="dense", loaded=(*sources.presets()[model.config.llm][:1],
-                   model.llm, model.config.llm)) if model.config.llm in sources.presets() else \
-        edgekit.export(model.config.llm, str(llm_path), method="dense")
+    family = sources.presets()[model.config.llm][0] if model.config.llm in sources.presets() else None
+    loaded = (family, model.llm, model.config.llm) if family else None  # the VLM's own LLM, not a second copy
+    edgekit.export(model.config.llm, str(llm_path), method="dense", loaded=loaded)
     llm = Session(str(llm_path))
     for visual in (patches, *keeps):
         ms = median_ms(llm, prompt(llm, 1, visual + prompt_len), repeat)

