@@ -32,6 +32,10 @@ A stage whose patch count N - 1 is at or below the target (or static_keep) is a 
 come back unchanged (scores not updated either). `prune = 0` only scores (the official schedule prunes on
 every other layer). `static_keep > 0` keeps exactly that many patches: no data-dependent shapes, for
 TensorRT / CUDA graphs.
+
+`relay = 0` is the paper's variant for encoders without CLS (its Qwen2-VL code): the mean query relays,
+s_j = a_j / sum a * |mean_h v_j|_1 (no value-similarity term), and every token is a candidate: hidden has
+no token at 0 to keep, and scores / indices are (B, N).
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ ATTRIBUTES = (
     Attribute("accumulate", 1, "1: cum = 0.5 cum + 0.5 s; 0: cum = s (the first scoring layer)", choices=(0, 1)),
     Attribute("static_keep", 0, "> 0: keep exactly this many patches (static shapes); 0: adaptive", minimum=0),
     Attribute("scale", 0.0, "attention scale of q . k; 0: 1 / sqrt(d)", minimum=0.0),
+    Attribute("relay", 1, "1: the CLS token at 0 relays (kept, never pruned); 0: no CLS, the mean query relays "
+              "and every token is a candidate, scored attention x value norm (the paper's Qwen variant)",
+              choices=(0, 1)),
 )
 TINY = 1e-30  # p log p at p = 0 is taken as 0 (log of TINY, times 0)
 
@@ -70,36 +77,41 @@ def surely(condition) -> bool:
     return guard_or_false(condition) if isinstance(condition, torch.SymBool) else bool(condition)
 
 
-def check_shapes(shapes: Sequence[Sequence[int]]) -> None:
+def check_shapes(shapes: Sequence[Sequence[int]], relay: int = 1) -> None:
     """One line per misfit; while exporting, sizes may be symbolic: only a surely-wrong size raises."""
     hidden, q, k, v, scores, indices = (tuple(s) for s in shapes)
-    if len(hidden) != 3 or surely(hidden[1] < 2):
-        raise ShapeError(f"FlowCutPrune: hidden must be (B, N, C) with a relay token and patches, got {list(hidden)}")
+    if len(hidden) != 3 or surely(hidden[1] < 1 + relay):
+        raise ShapeError(f"FlowCutPrune: hidden must be (B, N, C) with {'a relay token and ' * relay}patches, "
+                         f"got {list(hidden)}")
     b, n = hidden[:2]
     for name, s in (("query", q), ("key", k), ("value", v)):
         if len(s) != 4 or surely(s[0] != b) or surely(s[2] != n):
             raise ShapeError(f"FlowCutPrune: {name} must be (B, H, N, d) = ({b}, H, {n}, d), got {list(s)}")
     for name, s in (("scores", scores), ("indices", indices)):
-        if len(s) != 2 or surely(s[0] != b) or surely(s[1] != n - 1):
-            raise ShapeError(f"FlowCutPrune: {name} must be (B, N - 1) = ({b}, {n - 1}), got {list(s)}")
+        if len(s) != 2 or surely(s[0] != b) or surely(s[1] != n - relay):
+            raise ShapeError(f"FlowCutPrune: {name} must be (B, N{' - 1' * relay}) = ({b}, {n - relay}), "
+                             f"got {list(s)}")
 
 
 # ----------------------------------------------------------------------------------------------------
 # PyTorch reference
 
 
-def cls_attention(query, key, scale: float) -> torch.Tensor:
-    """CLS's attention over the patches, head mean, normalised to sum 1: (B, N-1)."""
+def cls_attention(query, key, scale: float, relay: int = 1) -> torch.Tensor:
+    """The relay's attention over the candidates, head mean, normalised to sum 1: (B, N - relay)."""
     scale = scale or query.shape[-1] ** -0.5
-    attn = (query[:, :, :1] @ key.transpose(-1, -2) * scale).softmax(-1).mean((1, 2))[:, 1:]  # (B, N-1)
+    q = query[:, :, :1] if relay else query.mean(2, keepdim=True)  # (B, H, 1, d)
+    attn = (q @ key.transpose(-1, -2) * scale).softmax(-1).mean((1, 2))[:, relay:]  # (B, N - relay)
     return attn / attn.sum(-1, keepdim=True)
 
 
-def flow_scores(query, key, value, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s (B, N-1), CLS attention over patches normalised to sum 1 (B, N-1))."""
-    p = cls_attention(query, key, scale)
+def flow_scores(query, key, value, scale: float, relay: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s (B, N - relay), the relay's attention normalised to sum 1 (B, N - relay))."""
+    p = cls_attention(query, key, scale, relay)
+    norm = value.mean(1).abs().sum(-1)[:, relay:]  # (B, N - relay)
+    if not relay:
+        return p * norm, p
     sim = (value[:, :, :1] @ value.transpose(-1, -2)).softmax(-1).mean((1, 2))[:, 1:]  # (B, N-1)
-    norm = value.mean(1).abs().sum(-1)[:, 1:]  # (B, N-1)
     return (p + sim / sim.sum(-1, keepdim=True)) * norm, p
 
 
@@ -118,7 +130,7 @@ def adaptive_keep(p: torch.Tensor, target: int, layers_left: int) -> int:
 
 def _data_sizes(inputs: Sequence[torch.Tensor], attrs: dict) -> dict[str, torch.Tensor]:
     """While exporting: the adaptive count as a traced tensor, so downstream shapes follow the real one."""
-    p = cls_attention(inputs[1], inputs[2], attrs["scale"])
+    p = cls_attention(inputs[1], inputs[2], attrs["scale"], attrs["relay"])
     return {"n": keep_count(p, attrs["target"], attrs["layers_left"])}
 
 
@@ -129,22 +141,22 @@ def stable_top(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def flowcut_prune(hidden, query, key, value, scores, indices, *, target, layers_left, prune, accumulate,
-                  static_keep, scale):
-    n = hidden.shape[1] - 1
+                  static_keep, scale, relay):
+    n = hidden.shape[1] - relay
     if n <= (static_keep or target):
         return hidden, indices, scores
-    s, p = flow_scores(query, key, value, scale)
+    s, p = flow_scores(query, key, value, scale, relay)
     cum = 0.5 * scores + 0.5 * s if accumulate else s
     if not prune:
         return hidden, indices, cum
     keep = static_keep or adaptive_keep(p, target, layers_left)
     kept = stable_top(cum, keep)  # (B, keep)
-    patches = hidden[:, 1:].gather(1, kept[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, keep, C)
-    return torch.cat([hidden[:, :1], patches], 1), indices.gather(1, kept), cum.gather(1, kept)
+    patches = hidden[:, relay:].gather(1, kept[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, keep, C)
+    return torch.cat([hidden[:, :relay], patches], 1), indices.gather(1, kept), cum.gather(1, kept)
 
 
 def _reference(*inputs: torch.Tensor, **attrs):
-    check_shapes([x.shape for x in inputs])
+    check_shapes([x.shape for x in inputs], attrs["relay"])
     return flowcut_prune(*inputs, **attrs)
 
 
@@ -161,9 +173,10 @@ def schedule_keep(n: int, target: int, layers_left: int) -> int:
 def _output_shapes(input_shapes: Sequence[Sequence[int]], attrs: dict) -> list[list]:
     """An adaptive stage's count is data-dependent in [target, N - 1] (exported as an unbacked size); static
     mode, score-only stages, no-op stages and the last stage (layers_left 0) know theirs."""
-    check_shapes(input_shapes)
+    relay = attrs["relay"]
+    check_shapes(input_shapes, relay)
     b, n1, c = input_shapes[0]
-    n, target = n1 - 1, attrs["target"]
+    n, target = n1 - relay, attrs["target"]
     if not attrs["prune"] or surely(n <= (attrs["static_keep"] or target)):
         m = n
     elif attrs["static_keep"]:
@@ -172,8 +185,8 @@ def _output_shapes(input_shapes: Sequence[Sequence[int]], attrs: dict) -> list[l
         m = target
     else:
         m = DataDependent(target, n)
-        return [[b, dataclasses.replace(m, plus=1), c], [b, m], [b, m]]
-    return [[b, m + 1, c], [b, m], [b, m]]
+        return [[b, dataclasses.replace(m, plus=relay), c], [b, m], [b, m]]
+    return [[b, m + relay, c], [b, m], [b, m]]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,11 +207,14 @@ def FlowCutPrune(
     accumulate: int = 1,
     static_keep: int = 0,
     scale: float = 0.0,
+    relay: int = 1,
 ) -> tuple[FLOAT, INT64, FLOAT]:
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
     end = op.Constant(value_ints=[9223372036854775807])
-    n = op.Sub(op.Shape(hidden, start=1, end=2), one)  # (1,) patches
+    off = op.Reshape(op.Constant(value_int=relay), one)  # (1,) 1: CLS at 0, 0: no relay token
+    use_cls = op.Cast(op.Constant(value_int=relay), to=9)
+    n = op.Sub(op.Shape(hidden, start=1, end=2), off)  # (1,) candidates
     tgt = op.Reshape(op.Constant(value_int=target), one)
     fixed = op.Reshape(op.Constant(value_int=static_keep), one)
     threshold = op.Where(fixed > zero, fixed, tgt)
@@ -207,19 +223,27 @@ def FlowCutPrune(
         scale_c = op.CastLike(op.Constant(value_float=scale), query)
         d = op.CastLike(op.Shape(query, start=3), query)
         s = op.Where(scale_c > op.CastLike(0.0, query), scale_c, op.Div(op.CastLike(1.0, query), op.Sqrt(d)))
-        q_cls = op.Slice(query, zero, one, op.Constant(value_ints=[2]))  # (B, H, 1, d)
-        v_cls = op.Slice(value, zero, one, op.Constant(value_ints=[2]))
-        logits = op.Mul(op.MatMul(q_cls, op.Transpose(key, perm=[0, 1, 3, 2])), s)  # (B, H, 1, N)
+        tokens = op.Constant(value_ints=[2])
+        if use_cls:
+            q_relay = op.Slice(query, zero, one, tokens)  # (B, H, 1, d)
+        else:
+            q_relay = op.ReduceMean(query, tokens, keepdims=1)  # (B, H, 1, d) the mean query
+        logits = op.Mul(op.MatMul(q_relay, op.Transpose(key, perm=[0, 1, 3, 2])), s)  # (B, H, 1, N)
         heads = op.Constant(value_ints=[1, 2])
         attn = op.ReduceMean(op.Softmax(logits, axis=-1), heads, keepdims=0)  # (B, N)
-        sim = op.ReduceMean(op.Softmax(op.MatMul(v_cls, op.Transpose(value, perm=[0, 1, 3, 2])), axis=-1),
-                            heads, keepdims=0)  # (B, N)
         last = op.Constant(value_ints=[-1])
         norm = op.ReduceL1(op.ReduceMean(value, one, keepdims=0), last, keepdims=0)  # (B, N)
-        attn_p = op.Slice(attn, one, end, one)  # (B, N-1)
-        sim_p = op.Slice(sim, one, end, one)
+        attn_p = op.Slice(attn, off, end, one)  # (B, N - relay)
         p = op.Div(attn_p, op.ReduceSum(attn_p, last, keepdims=1))
-        flow = op.Mul(op.Add(p, op.Div(sim_p, op.ReduceSum(sim_p, last, keepdims=1))), op.Slice(norm, one, end, one))
+        norm_p = op.Slice(norm, off, end, one)
+        if use_cls:
+            v_cls = op.Slice(value, zero, one, tokens)
+            sim = op.ReduceMean(op.Softmax(op.MatMul(v_cls, op.Transpose(value, perm=[0, 1, 3, 2])), axis=-1),
+                                heads, keepdims=0)  # (B, N)
+            sim_p = op.Slice(sim, one, end, one)
+            flow = op.Mul(op.Add(p, op.Div(sim_p, op.ReduceSum(sim_p, last, keepdims=1))), norm_p)
+        else:
+            flow = op.Mul(p, norm_p)
         half = op.CastLike(0.5, flow)
         if op.Cast(op.Constant(value_int=accumulate), to=9):
             cum = op.Add(op.Mul(half, scores), op.Mul(half, flow))
@@ -242,8 +266,8 @@ def FlowCutPrune(
             # TopK: ties resolve to the lower index; a second TopK restores the original order
             top_v, top = op.TopK(cum, keep, axis=-1, largest=1, sorted=1)  # (B, keep)
             kept, kept_pos = op.TopK(top, keep, axis=-1, largest=0, sorted=1)  # ascending indices
-            patches = op.GatherND(op.Slice(hidden, one, end, one), op.Unsqueeze(kept, last), batch_dims=1)
-            hidden_out = op.Concat(op.Slice(hidden, zero, one, one), patches, axis=1)  # (B, keep + 1, C)
+            patches = op.GatherND(op.Slice(hidden, off, end, one), op.Unsqueeze(kept, last), batch_dims=1)
+            hidden_out = op.Concat(op.Slice(hidden, zero, off, one), patches, axis=1)  # (B, keep + relay, C)
             indices_out = op.GatherElements(indices, kept, axis=1)  # (B, keep)
             scores_out = op.GatherElements(cum, kept, axis=1)
         else:
@@ -262,20 +286,20 @@ def FlowCutPrune(
 
 
 def sample_inputs(B: int, N: int, C: int, H: int, d: int, temperature: float = 1.0, seed: int = 0,
-                  accumulate: int = 1) -> list[torch.Tensor]:
+                  accumulate: int = 1, relay: int = 1) -> list[torch.Tensor]:
     """Random layer tensors; `temperature` < 1 peaks CLS's attention (queries scaled up), > 1 flattens it."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, H, N, d, generator=g) / temperature
     tensors = [torch.randn(B, N, C, generator=g), q, torch.randn(B, H, N, d, generator=g),
                torch.randn(B, H, N, d, generator=g) / d ** 0.5,
-               torch.rand(B, N - 1, generator=g) if accumulate else torch.zeros(B, N - 1),
-               torch.arange(N - 1).expand(B, -1).flip(-1).contiguous() * 3]  # any distinct int64 labels
+               torch.rand(B, N - relay, generator=g) if accumulate else torch.zeros(B, N - relay),
+               torch.arange(N - relay).expand(B, -1).flip(-1).contiguous() * 3]  # any distinct int64 labels
     return tensors
 
 
 def _sample(name, B, N, C=16, H=4, d=8, temperature=1.0, atol=1e-5, **attrs) -> Sample:
-    return Sample(name, lambda: sample_inputs(B, N, C, H, d, temperature, accumulate=attrs.get("accumulate", 1)),
-                  attrs, atol)
+    return Sample(name, lambda: sample_inputs(B, N, C, H, d, temperature, accumulate=attrs.get("accumulate", 1),
+                                              relay=attrs.get("relay", 1)), attrs, atol)
 
 
 def samples() -> list[Sample]:
@@ -299,6 +323,11 @@ def samples() -> list[Sample]:
         s("static_keep_noop", 2, 33, static_keep=32),
         s("explicit_scale", 2, 40, target=8, layers_left=1, scale=0.5),
         s("patch_one_target_one", 1, 3, target=1),
+        s("mean_relay_B2_N64_t16_left4_peaked", 2, 64, target=16, layers_left=4, relay=0, temperature=0.05),
+        s("mean_relay_last_stage", 2, 64, target=16, relay=0),
+        s("mean_relay_static", 1, 100, static_keep=30, relay=0),
+        s("mean_relay_noop", 2, 16, target=16, relay=0),
+        s("mean_relay_score_only_first", 2, 40, target=8, prune=0, accumulate=0, relay=0),
     ]
 
 

@@ -161,3 +161,16 @@ def test_static_flowcut_export_fixes_every_stage_count(tmp_path):
     session = Session(str(path))
     out = session.run(session.interface.example_inputs({"batch": 3, "sequence": 20}))
     assert out["present.1.value"].shape[:3] == (3, 2, 20 - 1 + 8)
+
+
+def test_mean_relay_scores_every_token_and_keeps_none_aside():
+    x = sample_inputs(2, 40, 16, 4, 8, 0.1, relay=0)
+    x[5] = torch.arange(40).expand(2, -1).contiguous()
+    hidden, idx, scores = OP(*x, target=10, layers_left=0, accumulate=0, relay=0)
+    assert hidden.shape == (2, 10, 16) and idx.shape == scores.shape == (2, 10)
+    torch.testing.assert_close(hidden, x[0].gather(1, idx[..., None].expand(-1, -1, 16)))
+    p = (x[1].mean(2, keepdim=True) @ x[2].transpose(-1, -2) / 8 ** 0.5).softmax(-1).mean((1, 2))
+    want = p / p.sum(-1, keepdim=True) * x[3].mean(1).abs().sum(-1)
+    torch.testing.assert_close(scores, want.gather(1, idx))
+    got = run_ort(x, target=10, layers_left=0, accumulate=0, relay=0)
+    np.testing.assert_array_equal(got[1], idx.numpy())
