@@ -14,7 +14,15 @@ import numpy as np
 
 from edgekit.errors import ShapeError
 
-Dim = int | str  # a fixed size, or the name of a symbolic axis ("batch", "sequence", "height", ...)
+Dim = int | str  # a fixed size, the name of a symbolic axis ("batch", "sequence", ...), or "axis+N" (an
+# output N longer than an input axis: a VLM's cache holds the prompt plus its visual tokens)
+
+
+def dim_size(dim: Dim, sizes: Mapping[str, int]) -> int:
+    if isinstance(dim, int):
+        return dim
+    name, _, extra = dim.partition("+")
+    return int(sizes[name]) + int(extra or 0)
 
 # metadata keys every edgekit model carries
 TASK, METHOD, OPTIONS, MODEL, FAMILY = "edgekit.task", "edgekit.method", "edgekit.options", "edgekit.model", \
@@ -33,6 +41,7 @@ class TensorSpec:
     low: int | None = None
     high: int | None = None
     doc: str = ""
+    slot: int | None = None  # a token id outside [low, high) that every row holds exactly once (an image slot)
 
     def to_json(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "")}
@@ -43,16 +52,19 @@ class TensorSpec:
 
     def shape_for(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         """Concrete shape, with every symbolic axis taken from `sizes`."""
-        missing = [d for d in self.dims if isinstance(d, str) and d not in sizes]
+        missing = [d for d in self.dims if isinstance(d, str) and d.partition("+")[0] not in sizes]
         if missing:
             raise ShapeError(f"input '{self.name}' needs a size for axis {', '.join(missing)}")
-        return tuple(d if isinstance(d, int) else int(sizes[d]) for d in self.dims)
+        return tuple(dim_size(d, sizes) for d in self.dims)
 
     def synthesize(self, sizes: Mapping[str, int], rng: np.random.Generator) -> np.ndarray:
         """A seeded example: integers uniform in [low, high), floats standard normal."""
         shape = self.shape_for(sizes)
         if np.issubdtype(np.dtype(self.dtype), np.integer):
-            return rng.integers(self.low or 0, self.high or 2, size=shape, dtype=self.dtype)
+            value = rng.integers(self.low or 0, self.high or 2, size=shape, dtype=self.dtype)
+            if self.slot is not None:  # the slot an eighth into every row: some text before it, most after
+                value[..., shape[-1] // 8] = self.slot
+            return value
         return rng.standard_normal(shape).astype(self.dtype)
 
     def validate(self, value: np.ndarray) -> np.ndarray:
@@ -72,13 +84,23 @@ class TensorSpec:
         if np.issubdtype(want, np.integer):
             if not np.issubdtype(value.dtype, np.integer):
                 raise ShapeError(f"input '{self.name}' must hold integers, got {value.dtype}")
-            if value.size and self.low is not None and int(value.min()) < self.low:
-                raise ShapeError(f"input '{self.name}' values must be >= {self.low}, got {int(value.min())}")
-            if value.size and self.high is not None and int(value.max()) >= self.high:
-                raise ShapeError(f"input '{self.name}' values must be < {self.high}, got {int(value.max())}")
+            text = value if self.slot is None else self._check_slot(value)
+            if text.size and self.low is not None and int(text.min()) < self.low:
+                raise ShapeError(f"input '{self.name}' values must be >= {self.low}, got {int(text.min())}")
+            if text.size and self.high is not None and int(text.max()) >= self.high:
+                raise ShapeError(f"input '{self.name}' values must be < {self.high}, got {int(text.max())}")
         elif not np.issubdtype(value.dtype, np.floating):
             raise ShapeError(f"input '{self.name}' must hold floats, got {value.dtype}")
         return value.astype(want, copy=False)
+
+    def _check_slot(self, value: np.ndarray) -> np.ndarray:
+        """Every row holds the slot token once; returns the value with the slots masked for the range check."""
+        counts = (value == self.slot).sum(-1).reshape(-1)
+        bad = np.flatnonzero(counts != 1)
+        if bad.size:
+            raise ShapeError(f"input '{self.name}' row {int(bad[0])} holds the slot token {self.slot} "
+                             f"{int(counts[bad[0]])} times; put it exactly once where the image goes")
+        return np.where(value == self.slot, self.low or 0, value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,6 +69,10 @@ TASKS = {t.name: t for t in (
     Task("embodied-policy", {"batch_size": ("batch",)}, {"batch_size": (1,)}, "steps/s", ("batch_size",),
          "one policy step: observation + recurrent state -> action logits, value, new state", implicit={},
          check={"batch_size": 1}),
+    Task("image-text-to-text", {"seq_len": ("sequence",), "batch_size": ("batch",)}, {"seq_len": (64,)},
+         "prompts/s", ("batch_size",),
+         "VLM prefill: image + prompt ids with one image slot -> last-token logits and the present key/value "
+         "cache (the image size is fixed by the vision tower)", check={"seq_len": 64, "batch_size": 1}),
 )}
 
 

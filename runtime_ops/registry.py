@@ -104,6 +104,39 @@ class Sample:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataDependent:
+    """An output size known only at run time (adaptive token pruning), in [low, high], plus a constant.
+
+    While exporting, every DataDependent of one call with the same `key` becomes the same fresh unbacked
+    SymInt (+ `plus`), so torch.export cannot bake a trace-time size into the graph downstream.
+    """
+
+    low: int
+    high: int
+    plus: int = 0
+    key: str = "n"
+
+
+def _unbacked(shapes, data_sizes: Callable[[], dict]):
+    """Replace DataDependent entries by unbacked SymInts: `.item()` of the op's `data_sizes` tensors, traced
+    into the graph, so the exported shapes downstream are computed from the same data at run time."""
+    symbols, values = {}, {}
+
+    def size(d):
+        if not isinstance(d, DataDependent):
+            return d
+        if d.key not in symbols:
+            values.update(values or data_sizes())
+            symbols[d.key] = values[d.key].item()
+            torch._check_is_size(symbols[d.key])
+            torch._check(symbols[d.key] >= d.low)
+            torch._check(symbols[d.key] <= d.high)
+        return symbols[d.key] + d.plus
+
+    return [[size(d) for d in shape] for shape in shapes]
+
+
+@dataclasses.dataclass(frozen=True)
 class OpDef:
     """Everything edgekit knows about one custom op."""
 
@@ -119,6 +152,8 @@ class OpDef:
     output_shapes: Callable[[Sequence[Sequence[int]], dict], Sequence[Sequence[int]]]
     samples: Callable[[], Sequence[Sample]]
     check_attributes: Callable[[dict], None] = lambda attrs: None
+    # (inputs, attrs) -> {key: 0-d int64 tensor}: the run-time value of each DataDependent output size
+    data_sizes: Callable[[Sequence[torch.Tensor], dict], dict] | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -150,7 +185,8 @@ class OpDef:
         resolved = self.resolve(**attrs)
         if not torch.onnx.is_in_onnx_export():
             return self.reference(*inputs, **resolved)
-        shapes = self.output_shapes([x.shape for x in inputs], resolved)
+        shapes = _unbacked(self.output_shapes([x.shape for x in inputs], resolved),
+                           lambda: self.data_sizes(inputs, resolved))
         dtypes = [o.torch_dtype(inputs[0]) for o in self.outputs]
         common = dict(version=DOMAIN_OPSET, metadata_props={VERSION_KEY: str(self.version)})
         onnx_attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in resolved.items()}

@@ -1,0 +1,176 @@
+"""edgekit::FlowCutPrune semantics (the parity table in test_op_parity.py covers ORT vs the reference per
+sample) and the LLaVA-style VLM family on its tiny preset, every method."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgekit.runtime_ops import get_op
+from edgekit.runtime_ops.attach import single_op_model
+from edgekit.runtime_ops.flowcut import sample_inputs
+
+OP = get_op("FlowCutPrune")
+
+
+def run_ort(inputs, **attrs):
+    model = single_op_model(OP, attrs, inputs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {n: x.numpy() for n, x in zip(OP.inputs, inputs)})
+
+
+@pytest.mark.parametrize("temperature", [0.05, 1.0, 8.0], ids=["peaked", "plain", "flat"])
+def test_kept_indices_identical_to_reference(temperature):
+    x = sample_inputs(2, 197, 24, 6, 16, temperature, seed=3)
+    attrs = dict(target=32, layers_left=4)
+    want = OP(*x, **attrs)
+    got = run_ort(x, **attrs)
+    np.testing.assert_array_equal(got[1], want[1].numpy())
+    np.testing.assert_allclose(got[0], want[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(got[2], want[2].numpy(), atol=1e-5)
+
+
+def test_peaked_attention_prunes_more_than_flat():
+    kept = {t: OP(*sample_inputs(1, 197, 24, 6, 16, t), target=32, layers_left=4)[1].shape[1] for t in (0.05, 8.0)}
+    assert kept[0.05] < kept[8.0] <= 196
+
+
+def test_kept_patches_stay_in_spatial_order_and_relay_first():
+    x = sample_inputs(2, 101, 16, 4, 8, 0.2)
+    x[5] = torch.arange(100).expand(2, -1).contiguous()
+    hidden, idx, _ = OP(*x, target=20, layers_left=9)
+    assert (idx.diff(dim=1) > 0).all()
+    torch.testing.assert_close(hidden[:, 0], x[0][:, 0])
+    torch.testing.assert_close(hidden[:, 1:], x[0][:, 1:].gather(1, idx[..., None].expand(-1, -1, 16)))
+
+
+def test_at_or_below_target_is_a_noop_scores_untouched():
+    for n in (16, 8):
+        x = sample_inputs(2, n + 1, 16, 4, 8)
+        got = run_ort(x, target=16, layers_left=3)
+        for g, want in zip(got, (x[0], x[5], x[4])):
+            np.testing.assert_array_equal(g, want.numpy())
+
+
+def test_last_stage_reaches_target_exactly():
+    hidden, idx, scores = OP(*sample_inputs(3, 577, 16, 6, 8, 8.0), target=64, layers_left=0)
+    assert hidden.shape == (3, 65, 16) and idx.shape == scores.shape == (3, 64)
+
+
+def test_static_keep_keeps_exactly_the_count():
+    for t in (0.05, 8.0):
+        got = run_ort(sample_inputs(2, 129, 16, 4, 8, t), static_keep=50, target=16)
+        assert got[0].shape == (2, 51, 16) and got[1].shape == (2, 50) and got[1].dtype == np.int64
+
+
+def test_first_layer_ignores_incoming_scores():
+    x = sample_inputs(2, 50, 16, 4, 8)
+    y = list(x)
+    y[4] = torch.full_like(x[4], 1e6)
+    a, b = OP(*x, target=10, prune=0, accumulate=0), OP(*y, target=10, prune=0, accumulate=0)
+    torch.testing.assert_close(a[2], b[2])
+
+
+def test_ties_resolve_to_the_lower_index():
+    x = sample_inputs(1, 9, 4, 1, 4)
+    x[1] = torch.zeros_like(x[1])  # uniform attention
+    x[3] = torch.ones_like(x[3])  # identical values: every patch scores the same
+    _, idx, _ = OP(*x, target=3, layers_left=0, accumulate=0)
+    got = run_ort(x, target=3, layers_left=0, accumulate=0)
+    np.testing.assert_array_equal(got[1], idx.numpy())
+    np.testing.assert_array_equal(idx.numpy(), x[5][:, :3].numpy())
+
+
+# ----------------------------------------------------------------------------------------------------
+# the VLM family on its tiny preset (every method is also exported and run by tests/test_families.py)
+
+from edgekit.errors import ShapeError  # noqa: E402
+from edgekit.exporters import sources  # noqa: E402
+from edgekit.exporters.vlm.llava import Llava  # noqa: E402
+from edgekit.exporters.vlm.tower import flowcut_schedule  # noqa: E402
+from edgekit.exporting import export  # noqa: E402
+from edgekit.session import Session  # noqa: E402
+
+
+def test_official_schedule_reaches_the_target_at_the_layer_before_the_read_layer():
+    stages = flowcut_schedule(read_layer=10, patches=576, keep=64)  # DINOv2 ViT-S: 12 layers, reads layer 10
+    assert [s.layer for s in stages if s.prune] == [1, 3, 5, 7, 9]
+    assert stages[0].accumulate == 0 and all(s.accumulate for s in stages[1:])
+    assert stages[-1].layers_left == 0
+    static = [s.static_keep for s in flowcut_schedule(10, 576, 64, static=True) if s.prune]
+    assert static == sorted(static, reverse=True) and static[-1] == 64
+
+
+@pytest.fixture(scope="module")
+def flowcut_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vlm") / "flowcut.onnx"
+    return export("llava-tiny", str(path), method="flowcut", keep=8), path
+
+
+@pytest.mark.parametrize("seed, batch", [(3, 1), (4, 3)])
+def test_flowcut_vlm_matches_pytorch_on_other_inputs(flowcut_model, seed, batch):
+    result, path = flowcut_model
+    family, model, _ = sources.load("llava-tiny")
+    options, graph_options = family.split_options("flowcut", {"keep": 8})
+    graph = family.prepare(model, "flowcut", options, **graph_options)
+    session = Session(str(path))
+    feeds = session.interface.example_inputs({"batch": batch, "sequence": 20}, seed)
+    feeds["pixel_values"] = np.random.default_rng(seed).random(feeds["pixel_values"].shape, dtype=np.float32)
+    got = session.run(feeds)
+    with torch.no_grad():
+        want = graph(*(torch.from_numpy(feeds[s.name]) for s in session.inputs))
+    assert got["present.0.key"].shape[2] == 20 - 1 + 8
+    for name, w in zip(got, want):
+        np.testing.assert_allclose(got[name], w.numpy(), atol=2e-4, err_msg=name)
+
+
+def test_a_prompt_without_the_image_slot_is_one_line(flowcut_model):
+    session = Session(str(flowcut_model[1]))
+    feeds = session.interface.example_inputs({"batch": 1, "sequence": 12})
+    feeds["input_ids"][:] = 5
+    with pytest.raises(ShapeError, match="holds the slot token .* 0 times; put it exactly once"):
+        session.run(feeds)
+
+
+def test_methods_keep_the_same_count_and_distinct_tokens():
+    _, model, _ = sources.load("llava-tiny")
+    image = torch.rand(2, 3, 64, 64)
+    kept = {}
+    for method in ("flowcut", "uniform", "random"):
+        tower = Llava.prepare(model, method, {"keep": 12}, visual_keep=12).tower
+        with torch.no_grad():
+            patches, idx = tower(image)
+        assert patches.shape == (2, 12, 32) and idx.shape == (2, 12)
+        assert all(len(set(row.tolist())) == 12 for row in idx)
+        kept[method] = idx
+    assert (kept["uniform"][0] == torch.linspace(0, 63, 12).round().long()).all()
+
+
+def test_static_flowcut_export_fixes_every_stage_count(tmp_path):
+    import onnx
+
+    path = tmp_path / "static.onnx"
+    export("llava-tiny", str(path), method="flowcut", keep=8, static=1)
+    nodes = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+             for n in onnx.load(str(path)).graph.node if n.op_type == "FlowCutPrune"]
+    assert len(nodes) == 4  # 6 layers, reads layer 4: stages after layers 0..3
+    assert [n["static_keep"] > 0 for n in nodes] == [bool(n["prune"]) for n in nodes]
+    assert nodes[-1]["static_keep"] == 8
+    session = Session(str(path))
+    out = session.run(session.interface.example_inputs({"batch": 3, "sequence": 20}))
+    assert out["present.1.value"].shape[:3] == (3, 2, 20 - 1 + 8)
+
+
+def test_mean_relay_scores_every_token_and_keeps_none_aside():
+    x = sample_inputs(2, 40, 16, 4, 8, 0.1, relay=0)
+    x[5] = torch.arange(40).expand(2, -1).contiguous()
+    hidden, idx, scores = OP(*x, target=10, layers_left=0, accumulate=0, relay=0)
+    assert hidden.shape == (2, 10, 16) and idx.shape == scores.shape == (2, 10)
+    torch.testing.assert_close(hidden, x[0].gather(1, idx[..., None].expand(-1, -1, 16)))
+    p = (x[1].mean(2, keepdim=True) @ x[2].transpose(-1, -2) / 8 ** 0.5).softmax(-1).mean((1, 2))
+    want = p / p.sum(-1, keepdim=True) * x[3].mean(1).abs().sum(-1)
+    torch.testing.assert_close(scores, want.gather(1, idx))
+    got = run_ort(x, target=10, layers_left=0, accumulate=0, relay=0)
+    np.testing.assert_array_equal(got[1], idx.numpy())
