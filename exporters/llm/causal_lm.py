@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 
 from edgekit.errors import EdgekitError, ModelLoadError, first_line
@@ -108,7 +108,9 @@ class PrefillGraph(torch.nn.Module):
         # positions per row: rotary tables of batch 1 would pin the exported graph's batch to 1
         batch, seq = input_ids.shape
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True,
+        # full cache layers only: a sliding-window layer would keep just its last window-1 keys, and the
+        # decode step (which takes its positions from the cache length) needs every layer at S tokens
+        out = self.model(input_ids=input_ids, position_ids=positions, cache=DynamicCache(), use_cache=True,
                          logits_to_keep=self.logits_to_keep)
         present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
         logits = out.logits[:, -1, :] if self.logits_to_keep == 1 else out.logits
@@ -158,7 +160,7 @@ class CausalLMFamily(Family):
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         logits_dims = ("batch", config.vocab_size) if logits_to_keep == 1 else \
             ("batch", logits_to_keep, config.vocab_size)
-        kv = ("batch", config.num_key_value_heads, "sequence", head_dim)
+        kv = ("batch", config.num_key_value_heads, "sequence" if step == "prefill" else "total_sequence", head_dim)
         kv_names = [f"{i}.{kv_name}" for i in range(config.num_hidden_layers) for kv_name in ("key", "value")]
         outputs = [TensorSpec("logits", "float32", logits_dims, doc="last-token logits")]
         outputs += [TensorSpec(f"present.{name}", "float32", kv) for name in kv_names]
