@@ -201,8 +201,9 @@ def _token_ids(text: str) -> list[int]:
 
 @app.command()
 def profile(
-    models: List[str] = typer.Argument(..., help="exported .onnx files, or .gguf files / a packaged model "
-                                       "name for llama.cpp; the first is the baseline"),
+    models: List[str] = typer.Argument(..., help="exported .onnx files, model folders (export --with-decode), or "
+                                       ".gguf files / a packaged model name for llama.cpp; the first is the "
+                                       "baseline"),
     seq_lens: Optional[str] = typer.Option(None, help="token models: comma-separated prompt lengths "
                                                       "[1024,4096,8192]"),
     image_sizes: Optional[str] = typer.Option(None, help="image models: comma-separated sizes in px [224]"),
@@ -215,6 +216,9 @@ def profile(
     memory_limit_mb: Optional[float] = typer.Option(None, help="stop a run above this RSS (default 90% of RAM)"),
     json_out: Optional[str] = typer.Option(None, "--json", help="write the full results as JSON"),
     plot_out: Optional[str] = typer.Option(None, "--plot", help="write latency / memory figure (PNG)"),
+    decode_tokens: Optional[int] = typer.Option(None, help="model folders (export --with-decode) and .gguf: "
+                                                "generate N tokens after each prompt; adds TTFT, pp and tg "
+                                                "tokens/s (llama-bench style)"),
 ):
     """Latency, throughput and peak memory side by side, with ratios to the first model (any task).
 
@@ -228,7 +232,8 @@ def profile(
                 batch_sizes=_int_list(batch_sizes, "--batch-sizes"))
     with _StepProgress(None) as step:
         results = run_profile(models, **axes, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
-                              timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step)
+                              timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step,
+                              decode_tokens=decode_tokens)
     _emit(results, _profile_table(results), json_out, plot_out)
 
 
