@@ -123,3 +123,27 @@ def test_smollm2_streams_the_text_it_generates(tmp_path):
     assert "".join(pieces) == whole.text and len(pieces) > 1 and "Paris" in whole.text
     cut = g.generate("What is the capital of France?", 16, chat=True, stop=["Paris"])
     assert "Paris" not in cut.text and cut.finish_reason == "stop" and whole.text.startswith(cut.text)
+
+
+def test_profile_decode_tokens_adds_llama_bench_figures(folders):
+    from edgekit import report
+    from edgekit.profiling import profile
+
+    folder = str(folders("llama-tiny"))
+    results = profile([folder], [32], decode_tokens=8, repeat=2, warmup=0)
+    row = results["results"][0]
+    assert row["status"] == "ok", row
+    assert row["decode_tokens"] == 8 and row["tg_tokens_per_s"] > 0 and row["pp_tokens_per_s"] > 0
+    assert 0 < row["ttft_ms"] < row["latency_ms"]["median"]
+    assert "tg tokens/s" in report.markdown(results).splitlines()[0]
+
+
+def test_cli_generate_streams_ids_and_reports_speed(folders):
+    from test_cli import assert_ok, edgekit
+
+    g = Generator(folders("llama-tiny"))
+    want = g.generate([5, 6, 7], 6, ignore_eos=True).token_ids
+    proc = edgekit("generate", folders("llama-tiny"), "--prompt-ids", "5,6,7", "--max-new-tokens", 6, "--ignore-eos")
+    assert_ok(proc)
+    assert [int(t) for t in proc.stdout.split()] == want
+    assert "time to first token" in proc.stderr and "tokens/s" in proc.stderr
