@@ -147,3 +147,18 @@ def test_cli_generate_streams_ids_and_reports_speed(folders):
     assert_ok(proc)
     assert [int(t) for t in proc.stdout.split()] == want
     assert "time to first token" in proc.stderr and "tokens/s" in proc.stderr
+
+
+def test_ctrl_c_while_streaming_stops_cleanly(folders):
+    import signal
+    import subprocess
+
+    from test_cli import EDGEKIT
+
+    proc = subprocess.Popen([*EDGEKIT, "generate", str(folders("llama-tiny")), "--prompt-ids", "1,2,3",
+                             "--max-new-tokens", "30000", "--ignore-eos"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.read(8)  # tokens are streaming
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["Aborted."]
