@@ -162,3 +162,12 @@ def test_ctrl_c_while_streaming_stops_cleanly(folders):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip().splitlines() == ["Aborted."]
+
+
+def test_export_replaces_an_old_model_folder_whole(tmp_path):
+    folder = tmp_path / "m"
+    export_folder("llama-tiny", str(folder), check_tokens=16)
+    (folder / "stale.txt").write_text("from the old export")
+    export_folder("llama-tiny", str(folder), "dhsa", check_tokens=16, **DHSA)
+    assert json.loads((folder / MANIFEST).read_text())["method"] == "dhsa"
+    assert not (folder / "stale.txt").exists() and [p.name for p in tmp_path.iterdir()] == ["m"]
