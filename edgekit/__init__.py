@@ -5,6 +5,7 @@ The public API, one plain function per pipeline step:
     quantize(model, output, precision=...)  int8 / int8-static / int4 / fp16, checked against the float model
     compile_model(model, output, ep=...)    ahead-of-time ORT optimization for a provider, placement report
     Session(path, ep=...)               run an exported model (edgekit ops included)
+    Generator(folder, ep=...)           text generation: a prefill + cached decode folder (export --with-decode)
     profile(models, seq_lens)           prefill latency / peak memory side by side
     report.markdown(results)            render profile results (report_formats: HTML / CSV / JSON of several files;
                                         gates: compare with a baseline for CI)
@@ -19,6 +20,7 @@ _LAZY = {  # imported on first use: `import edgekit` stays fast and torch-free
     "quantize": ("edgekit.quantizing", "quantize"),
     "compile_model": ("edgekit.compiling", "compile_model"),
     "Session": ("edgekit.session", "Session"),
+    "Generator": ("edgekit.generation", "Generator"),
     "profile": ("edgekit.profiling", "profile"),
     "passkey": ("edgekit.passkey", "passkey"),
     "report": ("edgekit.report", None),

@@ -110,6 +110,9 @@ def export(
                                                             "(N > 1: shape B, N, vocab)"),
     atol: Optional[float] = typer.Option(None, help="export check: max |ONNX Runtime - PyTorch| allowed, "
                                                     "times max(1, max |output|) [the family's, 1e-3]"),
+    with_decode: bool = typer.Option(False, "--with-decode", help="LLMs: write a folder (-o DIR) with prefill.onnx, "
+                                     "a dense cached decode.onnx, the tokenizer and edgekit.json, for "
+                                     "`edgekit generate`"),
 ):
     """Export a model (any kind) with the chosen method, checked against PyTorch on every output."""
     from edgekit.exporting import export as run_export
@@ -122,6 +125,8 @@ def export(
         options["adaptive_chunks"] = 0
     if plain_mean:
         options["length_scaled"] = 0
+    if with_decode:
+        return _export_folder(model, output, method, weights, atol, options)
     check_writable(output)
     with err.status(f"exporting {model} ({method or 'baseline'})"):
         result = run_export(model, output, method=method, weights=str(weights) if weights else None,
@@ -134,10 +139,71 @@ def export(
                f"'{result.worst_output}', {check}; tolerance {result.tolerance:.0e} x max|output|)")
 
 
+def _export_folder(model: str, output: str, method, weights, atol, options: dict) -> None:
+    from edgekit.model_folder import MANIFEST, export_folder
+
+    with err.status(f"exporting {model} ({method or 'baseline'}) with a decode step"):
+        result = export_folder(model, output, method, weights=str(weights) if weights else None, tolerance=atol,
+                               **options)
+    m = result["manifest"]
+    typer.echo(f"wrote {result['path']}/: prefill.onnx ({m.method}), decode.onnx (dense, cached), {MANIFEST}"
+               + (", tokenizer/" if m.files.get("tokenizer") else " (no tokenizer: token ids in and out)"))
+    for step in ("prefill", "decode"):
+        r = result[step]
+        typer.echo(f"check {step}: max |ONNX Runtime - PyTorch| = {r.max_abs_error:.2e} (worst output "
+                   f"'{r.worst_output}'; tolerance {r.tolerance:.0e} x max|output|)")
+    typer.echo(f"check generation: greedy {m.check['greedy_steps']} tokens identical to PyTorch")
+
+
+@app.command()
+def generate(
+    model_dir: Path = typer.Argument(..., help="folder written by `edgekit export MODEL --with-decode -o DIR`"),
+    prompt: Optional[str] = typer.Option(None, help="prompt text (through the model's tokenizer)"),
+    prompt_ids: Optional[str] = typer.Option(None, help="prompt as comma-separated token ids (models without a "
+                                                        "tokenizer)"),
+    max_new_tokens: int = typer.Option(128, help="tokens to generate at most"),
+    temperature: float = typer.Option(0.0, help="sampling temperature (0: greedy)"),
+    top_k: int = typer.Option(0, help="sample among the k most likely tokens (0: all)"),
+    top_p: float = typer.Option(1.0, help="sample within this probability mass (1: all)"),
+    seed: Optional[int] = typer.Option(None, help="seed of the sampler"),
+    stop: List[str] = typer.Option([], "--stop", help="stop string (repeatable); the text ends before it"),
+    chat: bool = typer.Option(False, "--chat", help="wrap the prompt in the model's chat template"),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="do not stop at the model's end-of-sequence tokens"),
+    ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
+):
+    """Generate text, streamed to stdout; time to first token and tokens/s on stderr."""
+    from edgekit.generation import Generator, Sampling
+
+    if (prompt is None) == (prompt_ids is None):
+        raise EdgekitError("give the prompt as --prompt TEXT or --prompt-ids 1,2,3 (one of them)")
+    Sampling(temperature, top_k, top_p, seed)  # bad settings fail before the model loads
+    generator = Generator(model_dir, ep=ep, threads=threads)
+    source = prompt if prompt is not None else _token_ids(prompt_ids)
+    pieces = generator.stream(source, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                              stop=stop, chat=chat, ignore_eos=ignore_eos)
+    for piece in pieces:
+        sys.stdout.write(piece if isinstance(piece, str) else f"{piece} ")
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    g = generator.last
+    sys.stderr.write(f"prompt {g.prompt_tokens} tokens, time to first token {g.ttft_s * 1000:.0f} ms "
+                     f"({g.prefill_tokens_per_s:.0f} tokens/s); generated {len(g.token_ids)} tokens, "
+                     f"{g.decode_tokens_per_s:.1f} tokens/s after the first; stopped: {g.finish_reason}\n")
+
+
+def _token_ids(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EdgekitError(f"--prompt-ids wants comma-separated integers, got '{text}'") from None
+
+
 @app.command()
 def profile(
-    models: List[str] = typer.Argument(..., help="exported .onnx files, or .gguf files / a packaged model "
-                                       "name for llama.cpp; the first is the baseline"),
+    models: List[str] = typer.Argument(..., help="exported .onnx files, model folders (export --with-decode), or "
+                                       ".gguf files / a packaged model name for llama.cpp; the first is the "
+                                       "baseline"),
     seq_lens: Optional[str] = typer.Option(None, help="token models: comma-separated prompt lengths "
                                                       "[1024,4096,8192]"),
     image_sizes: Optional[str] = typer.Option(None, help="image models: comma-separated sizes in px [224]"),
@@ -153,6 +219,9 @@ def profile(
     compare: Optional[Path] = typer.Option(None, help="baseline results to gate against (with --fail-on)"),
     fail_on: Optional[str] = typer.Option(None, help="e.g. latency:+10%,memory:+10%: exit 3 past a threshold, "
                                                      "4 when baseline rows are missing"),
+    decode_tokens: Optional[int] = typer.Option(None, help="model folders (export --with-decode) and .gguf: "
+                                                "generate N tokens after each prompt; adds TTFT, pp and tg "
+                                                "tokens/s (llama-bench style)"),
 ):
     """Latency, throughput and peak memory side by side, with ratios to the first model (any task).
 
@@ -168,7 +237,7 @@ def profile(
     with _StepProgress(None) as step:
         results = run_profile(models, **axes, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
                               timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step,
-                              command=_command_line())
+                              command=_command_line(), decode_tokens=decode_tokens)
     _emit(results, _profile_table(results), json_out, plot_out)
     if gate is None:
         return 0

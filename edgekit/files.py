@@ -131,3 +131,39 @@ def save_onnx(model, path: str | os.PathLike, external: bool) -> None:
     path = Path(path)
     onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
               location=f"{path.name}.data", size_threshold=1024)
+
+
+def check_writable_folder(path: str | os.PathLike, marker: str) -> Path:
+    """Like `check_writable`, for an output folder: an existing one may be replaced only if it holds
+    `marker` (a folder edgekit wrote before), never a user's folder or a file."""
+    if not str(path).strip():
+        raise OutputError("output path is empty")
+    target = Path(path)
+    if target.is_file():
+        raise OutputError(f"cannot write the folder {target}: it is a file")
+    if target.is_dir() and any(target.iterdir()) and not (target / marker).is_file():
+        raise OutputError(f"cannot write {target}: the folder exists and is not an edgekit model folder "
+                          f"(no {marker}); choose a new or empty folder")
+    return check_writable(target / marker).parent
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, marker: str) -> Iterator[Path]:
+    """Yield a private folder beside `path`; on success it replaces `path` (renamed into place, an old
+    edgekit folder moved aside first and removed after), on failure nothing appears."""
+    target = check_writable_folder(path, marker)
+    tmp = target.parent / f"{_temp_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    old = tmp.with_name(tmp.name.replace(".tmp", "-old.tmp"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        tmp.mkdir(0o777)
+        yield tmp
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        _remove(tmp)
+        _remove(old)

@@ -77,6 +77,20 @@ class LlamaCppRunner:
         if code != 0:
             raise EdgekitError(f"llama.cpp decode failed with code {code} on {len(chunk)} tokens")
 
+    def generate(self, token_ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
+        """Prefill, then `new_tokens` greedy tokens one llama_decode each; returns (time to the first token,
+        time of the decodes after it), in seconds, as llama-bench's pp / tg tests time them."""
+        import time
+
+        start = time.perf_counter()
+        self.prefill(token_ids)
+        token = np.array([int(self.last_logits().argmax())], dtype=np.int32)
+        first = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            self._decode(token)
+            token[0] = int(self.last_logits().argmax())
+        return first - start, time.perf_counter() - first
+
     def last_logits(self) -> np.ndarray:
         """Logits of the last token of the latest prefill, (vocab,), copied out of llama.cpp."""
         pointer = self._lib.llama_get_logits_ith(self._ctx, -1)

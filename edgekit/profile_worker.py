@@ -76,10 +76,11 @@ def _gpu_peak(ep: str):
 
 
 def measure(model: str, workload: dict, repeat: int, warmup: int, ep: str, threads: int | None,
-            seed: int) -> dict:
+            seed: int, decode_tokens: int = 0) -> dict:
     from edgekit.runners import runner_for
 
-    runner = runner_for(model, ep=ep, threads=threads, context=workload.get("seq_len", 0))
+    runner = runner_for(model, ep=ep, threads=threads, context=workload.get("seq_len", 0),
+                        decode_tokens=decode_tokens)
     loaded = psutil.Process().memory_info().rss
     exact_peak = _reset_peak_rss()
     feeds = runner.feeds(workload, seed)
@@ -108,6 +109,8 @@ def measure(model: str, workload: dict, repeat: int, warmup: int, ep: str, threa
     }
     if runner.task.unit == "tokens/s":
         row["tokens_per_s"] = items_per_s
+    if decode_tokens:  # latency is then the whole generation: prompt + decode_tokens new tokens
+        row.update(runner.figures(repeat))
     return row
 
 
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory-limit-mb", type=float, default=None)
+    parser.add_argument("--decode-tokens", type=int, default=0)
     args = parser.parse_args(argv)
     limit = args.memory_limit_mb * 1e6 if args.memory_limit_mb else psutil.virtual_memory().total * 0.9
     base = row_base(args.model, args.workload)
@@ -128,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgekit.errors import EdgekitError
 
     try:
-        result = measure(args.model, args.workload, args.repeat, args.warmup, args.ep, args.threads, args.seed)
+        result = measure(args.model, args.workload, args.repeat, args.warmup, args.ep, args.threads, args.seed,
+                         args.decode_tokens)
     except MemoryError:
         result = {**base, "status": "oom", "error": "MemoryError"}
     except EdgekitError as exc:

@@ -28,7 +28,8 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
             image_sizes: Sequence[int] | None = None, batch_sizes: Sequence[int] | None = None,
             repeat: int = 3, warmup: int = 1, ep: str = "cpu", threads: int | None = None,
             timeout_s: float | None = None, memory_limit_mb: float | None = None,
-            on_step: Progress | None = None, command: str | None = None) -> dict:
+            on_step: Progress | None = None, command: str | None = None,
+            decode_tokens: int | None = None) -> dict:
     """Measure every (model, workload); the first model is the baseline the ratios refer to.
 
     `command` is the command line recorded as provenance (the CLI passes sys.argv); the API records
@@ -36,10 +37,11 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
 
     The models' task (from their metadata) says which axes apply: `seq_lens` for token models,
     `image_sizes` for image models, `batch_sizes` for every kind. A point that runs out of memory, fails
-    or times out is recorded with its status; the sweep goes on.
+    or times out is recorded with its status; the sweep goes on. `decode_tokens` (model folders and .gguf
+    files) times generation too: each run is the prompt, then that many new tokens (pp, tg and TTFT).
     """
     models = check_request(models, ep, repeat=repeat, warmup=warmup, threads=threads, timeout=timeout_s,
-                           memory_limit_mb=memory_limit_mb)
+                           memory_limit_mb=memory_limit_mb, decode_tokens=decode_tokens)
     task = get_task(common_task(models))
     workloads = task.workloads(seq_len=seq_lens, image_size=image_sizes, batch_size=batch_sizes)
     check_workloads(models, task, workloads)
@@ -49,14 +51,14 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
             if on_step:
                 on_step(f"{Path(model).name} @ {describe(workload)}", len(results), len(workloads) * len(models))
             results.append(_measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s,
-                                                  memory_limit_mb))
+                                                  memory_limit_mb, decode_tokens))
     results.sort(key=lambda r: models.index(r["model"]))  # stable: grouped by model, workloads in order
     for row in results:
         row.setdefault("task", task.name)
     add_ratios(results, baseline=models[0])
     settings = {"schema_version": SCHEMA_VERSION, "repeat": repeat, "warmup": warmup, "task": task.name,
                 "workloads": workloads,
-                "baseline": models[0],
+                "baseline": models[0], "decode_tokens": decode_tokens,
                 "memory": "RSS high-water mark above the loaded model, fresh process per model and workload"}
     if "seq_len" in task.axes:
         settings["seq_lens"] = sorted({w["seq_len"] for w in workloads})
@@ -80,12 +82,19 @@ def check_workloads(models: Sequence[str], task, workloads: list[dict]) -> None:
     for model in models:
         if Path(model).suffix == ".gguf":
             continue
-        interface = Interface.from_metadata(_metadata(model))
+        interface = Interface.from_metadata(_metadata(_graph_file(model)))
         for workload in workloads:
             try:
                 interface.check_sizes(task.sizes(workload))
             except ShapeError as exc:
                 raise ProfileError(f"{Path(model).name} cannot run {describe(workload)}: {exc}") from None
+
+
+def _graph_file(model: str) -> str:
+    """The file whose metadata describes a model: an edgekit model folder's prefill graph."""
+    from edgekit.model_folder import PREFILL
+
+    return str(Path(model) / PREFILL) if Path(model).is_dir() else model
 
 
 def _metadata(path: str) -> dict[str, str]:
@@ -98,7 +107,7 @@ def model_task(path: str) -> str:
     """The task an .onnx / .ort file declares (a .gguf is an LLM); a file edgekit did not export is an error."""
     if Path(path).suffix == ".gguf":
         return "text-generation"
-    meta = _metadata(path)
+    meta = _metadata(_graph_file(path))
     if TASK not in meta:
         raise ProfileError(f"{path} was not exported by edgekit (its metadata has no {TASK}): "
                            "export it with `edgekit export`")
@@ -130,20 +139,21 @@ def check_request(models, ep: str = "cpu", **settings) -> list[str]:
     if not models:
         raise ProfileError("no models to profile")
     for model in models:
-        _check_model_file(model)
+        _check_model_file(model, settings.get("decode_tokens"))
     check_settings(**settings)
     ep_profile = load_profile(ep)
     ep_profile.providers()  # unknown or unavailable provider
     for model in models:
         if Path(model).suffix != ".gguf":
-            ep_profile.check_precision(model, _metadata(model).get("edgekit.precision"))
+            ep_profile.check_precision(model, _metadata(_graph_file(model)).get("edgekit.precision"))
     return models
 
 
 # setting -> (holds, what it must be); None always passes (the default applies)
 _SETTINGS = {"repeat": (lambda v: v >= 1, ">= 1"), "warmup": (lambda v: v >= 0, ">= 0"),
              "trials": (lambda v: v >= 1, ">= 1"), "threads": (lambda v: v >= 1, ">= 1"),
-             "timeout": (lambda v: v > 0, "> 0"), "memory_limit_mb": (lambda v: v > 0, "> 0")}
+             "timeout": (lambda v: v > 0, "> 0"), "memory_limit_mb": (lambda v: v > 0, "> 0"),
+             "decode_tokens": (lambda v: v >= 1, ">= 1")}
 
 
 def check_settings(**settings) -> None:
@@ -154,10 +164,18 @@ def check_settings(**settings) -> None:
             raise ProfileError(f"{name} must be {rule}, got {value:g}")
 
 
-def _check_model_file(model: str) -> None:
-    """Only files a runner can load pass: an .onnx / .ort (compiled) exported by edgekit, or a .gguf when
-    llama.cpp is here."""
+def _check_model_file(model: str, decode_tokens: int | None = None) -> None:
+    """Only files a runner can load pass: an .onnx / .ort (compiled) exported by edgekit, an edgekit model
+    folder, or a .gguf when llama.cpp is here; generation (`decode_tokens`) needs a folder or a .gguf."""
+    from edgekit.model_folder import read_manifest
+
     suffix = Path(model).suffix
+    if Path(model).is_dir():
+        read_manifest(model)
+        return
+    if decode_tokens and suffix != ".gguf":
+        raise ProfileError(f"--decode-tokens times generation, which needs a model folder (`edgekit export "
+                           f"--with-decode`) or a .gguf; {model} is a single graph")
     if not Path(model).is_file():
         raise ProfileError(f"model file not found: {model}")
     if suffix in (".onnx", ".ort"):
@@ -177,9 +195,10 @@ def _check_onnx_file(path: str) -> None:
                              f"export it with `edgekit export`")
 
 
-def _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s, memory_limit_mb) -> dict:
+def _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s, memory_limit_mb,
+                           decode_tokens=None) -> dict:
     cmd = [sys.executable, "-m", "edgekit.profile_worker", model, json.dumps(workload), "--repeat", str(repeat),
-           "--warmup", str(warmup), "--ep", ep]
+           "--warmup", str(warmup), "--ep", ep, "--decode-tokens", str(decode_tokens or 0)]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     if memory_limit_mb is not None:

@@ -161,6 +161,14 @@ def _throughput(row: dict) -> str:
     return f"{t['value']:.1f} {t['unit']}" if t else "—"
 
 
+# llama-bench's figures, for rows of `profile --decode-tokens N`: pp = prompt tokens/s, tg = generated tokens/s
+GENERATION_COLUMNS = [
+    ("TTFT ms", True, lambda i, r: _fmt(r.get("ttft_ms"), "{:.1f}")),
+    ("pp tokens/s", True, lambda i, r: _fmt(r.get("pp_tokens_per_s"), "{:.0f}")),
+    ("tg tokens/s", True, lambda i, r: _fmt(r.get("tg_tokens_per_s"), "{:.1f}")),
+]
+
+
 def markdown(report: dict) -> str:
     """One row per (model, workload); ratios are against the first model at the same workload."""
     results = report["results"]
@@ -177,6 +185,7 @@ def markdown(report: dict) -> str:
         ("p90 ms", True, lambda i, r: _fmt((r.get("latency_ms") or {}).get("p90"), "{:.1f}")),
         ("peak MB", True, lambda i, r: _fmt(r.get("peak_rss_mb"), "{:.0f}")),
         *([("throughput", True, lambda i, r: _throughput(r))] if any(r.get("throughput") for r in results) else []),
+        *(GENERATION_COLUMNS if any(r.get("tg_tokens_per_s") for r in results) else []),
         ("speedup vs baseline", True, lambda i, r: _fmt(r.get("speedup_vs_baseline"), "{:.2f}x")),
         ("memory vs baseline", True, lambda i, r: _fmt(r.get("memory_ratio_vs_baseline"), "{:.2f}x")),
     ]

@@ -69,10 +69,64 @@ class LlamaCppPrefill:
         return self.llama.describe()
 
 
-def runner_for(path: str, ep: str = "cpu", threads: int | None = None, context: int = 0):
+class GenerationFigures:
+    """llama-bench's figures over the timed runs: pp (prompt tokens/s), tg (generated tokens/s), TTFT."""
+
+    def __init__(self, decode_tokens: int):
+        self.decode_tokens = decode_tokens
+        self.runs: list[tuple[float, float, float]] = []  # (ttft s, pp tokens/s, tg tokens/s)
+
+    def figures(self, repeat: int) -> dict:
+        import statistics
+
+        timed = self.runs[-repeat:]  # the warmup runs come first
+        ttft, pp, tg = (statistics.median(column) for column in zip(*timed))
+        return {"decode_tokens": self.decode_tokens, "ttft_ms": ttft * 1000, "pp_tokens_per_s": pp,
+                "tg_tokens_per_s": tg}
+
+
+class GenerationRunner(OnnxRunner, GenerationFigures):
+    """An edgekit model folder: one step is a prompt of seq_len tokens, then `decode_tokens` generated."""
+
+    def __init__(self, folder: str, ep: str = "cpu", threads: int | None = None, decode_tokens: int = 128):
+        from edgekit.generation import Generator
+
+        self.generator = Generator(folder, ep=ep, threads=threads)
+        self.session, self.interface = self.generator.prefill, self.generator.prefill.interface
+        self.task, self.method = get_task(self.interface.task), self.generator.manifest.method
+        GenerationFigures.__init__(self, decode_tokens)
+
+    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        g = self.generator.generate(feeds["input_ids"][0].tolist(), self.decode_tokens, ignore_eos=True)
+        self.runs.append((g.ttft_s, g.prefill_tokens_per_s, g.decode_tokens_per_s))
+        return feeds
+
+
+class LlamaCppGeneration(LlamaCppPrefill, GenerationFigures):
+    """llama.cpp's prefill then `decode_tokens` greedy single-token decodes (untested here: no llama_cpp)."""
+
+    def __init__(self, path: str, threads: int | None = None, context: int = 0, decode_tokens: int = 128):
+        super().__init__(path, threads=threads, context=context + decode_tokens)
+        GenerationFigures.__init__(self, decode_tokens)
+
+    def step(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = feeds["input_ids"]
+        ttft, tg = self.llama.generate(ids, self.decode_tokens)
+        self.runs.append((ttft, len(ids) / ttft, (self.decode_tokens - 1) / tg if tg else 0.0))
+        return feeds
+
+
+def runner_for(path: str, ep: str = "cpu", threads: int | None = None, context: int = 0, decode_tokens: int = 0):
     """Pick the runner by file type: .onnx / .ort (compiled) -> ONNX Runtime, .gguf -> llama.cpp (context:
-    longest prompt)."""
+    longest prompt), an edgekit model folder -> its prefill, or prefill + `decode_tokens` generated."""
+    from edgekit.model_folder import MANIFEST, PREFILL
+
     suffix = Path(path).suffix
+    if (Path(path) / MANIFEST).is_file():
+        return GenerationRunner(path, ep, threads, decode_tokens) if decode_tokens else \
+            OnnxRunner(str(Path(path) / PREFILL), ep=ep, threads=threads)
+    if suffix == ".gguf" and decode_tokens:
+        return LlamaCppGeneration(path, threads=threads, context=context, decode_tokens=decode_tokens)
     if not Path(path).is_file():
         raise ModelLoadError(f"model file not found: {path}")
     if suffix in (".onnx", ".ort"):

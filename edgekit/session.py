@@ -99,6 +99,23 @@ class Session:
             raise ShapeError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
         return dict(zip(names, values))
 
+    def run_bound(self, feeds: Mapping[str, "np.ndarray | ort.OrtValue"]) -> list["ort.OrtValue"]:
+        """Run with IO binding, unchecked (a decode loop checks its own inputs): OrtValue inputs (the last
+        step's cache) are used in place, and every output stays an ORT-owned OrtValue, in output order."""
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name)
+        try:
+            self._session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise ShapeError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
+        return binding.get_outputs()
+
     def _checked_feeds(self, feeds) -> dict[str, np.ndarray]:
         if isinstance(feeds, np.ndarray) and len(self.input_names) == 1:
             feeds = {self.input_names[0]: feeds}

@@ -58,10 +58,11 @@ class Task:
 
 
 TASKS = {t.name: t for t in (
-    Task("text-generation", {"seq_len": ("sequence",), "batch_size": ("batch",)},
+    Task("text-generation", {"seq_len": ("sequence",), "batch_size": ("batch",), "past_len": ("past_sequence",)},
          {"seq_len": (1024, 4096, 8192)}, "tokens/s", ("batch_size", "seq_len"),
-         "decoder LLM prefill: token ids -> last-token logits and the present key/value cache",
-         check={"seq_len": 128, "batch_size": 1}),
+         "decoder LLM prefill: token ids -> last-token logits and the present key/value cache (a decode "
+         "step also takes the past cache: past_len tokens)",
+         implicit={"batch_size": 1, "past_len": 0}, check={"seq_len": 128, "batch_size": 1}),
     Task("image-classification", {"image_size": ("height", "width"), "batch_size": ("batch",)},
          {"image_size": (224,)}, "images/s", ("batch_size",),
          "image backbone with a classification head: images -> class logits",

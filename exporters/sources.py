@@ -72,6 +72,15 @@ def load(spec: str, weights: str | None = None):
     raise ModelLoadError(f"unknown model '{spec}': expected {describe_sources()}")
 
 
+def tokenizer_source(spec: str) -> Path | None:
+    """Where a model's tokenizer lives (its GGUF file or Hugging Face folder); None for a preset."""
+    if spec in presets():
+        return None
+    if spec in PACKAGED:
+        return packaged_path(spec)
+    return Path(spec).absolute()
+
+
 def _load_folder(path: Path):
     from transformers import AutoConfig
 

@@ -221,11 +221,47 @@ ROWS = {
     "compile_onto_directory": Bad(["compile", "{w}/dense.onnx", "-o", "{w}"], 1, ("is a directory",)),
     "compile_profile_mismatch": Bad(["compile", "{w}/dense.onnx", "-o", f"{OUT}.onnx", "--ep", "cpu", "--profile-file",
                                      "{profiles}/cuda.toml"], 1, ("CUDAExecutionProvider", "--ep cpu")),
+    # -- export --with-decode and generate -----------------------------------------------------------
+    "export_with_decode_logits_to_keep": Bad(["export", "llama-tiny", "--with-decode", "-o", OUT, "--logits-to-keep",
+                                              "4"], 1, ("--with-decode", "--logits-to-keep")),
+    "export_with_decode_onto_a_user_folder": Bad(["export", "llama-tiny", "--with-decode", "-o", "{w}"], 1,
+                                                 ("not an edgekit model folder",)),
+    "export_with_decode_onto_a_file": Bad(["export", "llama-tiny", "--with-decode", "-o", "{w}/notes.txt"], 1,
+                                          ("it is a file",)),
+    "generate_prompt_longer_than_context": Bad(["generate", "{w}/gen-context-4", "--prompt-ids", "1,2,3,4,5"], 1,
+                                               ("the prompt has 5 tokens", "context is 4")),
+    "generate_empty_prompt": Bad(["generate", "{w}/gen", "--prompt-ids", ""], 1, ("the prompt is empty",)),
+    "generate_no_prompt": Bad(["generate", "{w}/gen"], 1, ("--prompt TEXT or --prompt-ids",)),
+    "generate_top_p_2": Bad(["generate", "{w}/gen", "--prompt-ids", "1,2", "--top-p", "2"], 1,
+                            ("top-p must be in (0, 1]",)),
+    "generate_temperature_negative": Bad(["generate", "{w}/gen", "--prompt-ids", "1", "--temperature", "-1"], 1,
+                                         ("temperature must be >= 0",)),
+    "generate_top_k_negative": Bad(["generate", "{w}/gen", "--prompt-ids", "1", "--top-k", "-2"], 1,
+                                   ("top-k must be >= 0",)),
+    "generate_empty_stop_string": Bad(["generate", "{w}/gen", "--prompt-ids", "1", "--stop", ""], 1,
+                                      ("stop strings must not be empty",)),
+    "generate_max_new_tokens_zero": Bad(["generate", "{w}/gen", "--prompt-ids", "1", "--max-new-tokens", "0"], 1,
+                                        ("max_new_tokens must be >= 1",)),
+    "generate_token_id_out_of_vocab": Bad(["generate", "{w}/gen", "--prompt-ids", "1,512"], 1,
+                                          ("token id 512", "vocabulary")),
+    "generate_text_prompt_without_tokenizer": Bad(["generate", "{w}/gen", "--prompt", "hello"], 1,
+                                                  ("has no tokenizer", "token ids")),
+    "generate_chat_without_tokenizer": Bad(["generate", "{w}/gen", "--prompt", "hello", "--chat"], 1,
+                                           ("has no tokenizer",)),
+    "generate_folder_without_decode_graph": Bad(["generate", "{w}/gen-no-decode", "--prompt-ids", "1"], 1,
+                                                ("missing its decode (decode.onnx)", "--with-decode")),
+    "generate_folder_without_manifest": Bad(["generate", "{w}/gen-no-manifest", "--prompt-ids", "1"], 1,
+                                            ("has no edgekit.json", "--with-decode")),
+    "generate_bad_manifest": Bad(["generate", "{w}/gen-bad-manifest", "--prompt-ids", "1"], 1,
+                                 ("not a valid edgekit manifest",)),
+    "generate_an_onnx_file": Bad(["generate", "{w}/dense.onnx", "--prompt-ids", "1"], 1,
+                                 ("is a file, not a model folder",)),
+    "generate_missing_folder": Bad(["generate", "{w}/no-such-folder", "--prompt-ids", "1"], 1, ("not found",)),
 }
 BAD_ROWS = [pytest.param(row, id=name) for name, row in ROWS.items()]
 # Every row runs in-process through `edgekit.cli.main` (what the console script calls: cheap); these also
 # run as a real process: the console script, its own streams and exit code.
-IN_A_PROCESS = ["bare_edgekit_prints_help", "quantize_parent_is_file", "compile_cuda_absent", "export_without_output", "export_unknown_architecture",
+IN_A_PROCESS = ["bare_edgekit_prints_help", "generate_top_p_2", "quantize_parent_is_file", "compile_cuda_absent", "export_without_output", "export_unknown_architecture",
                 "profile_not_an_edgekit_model", "profile_corrupt_onnx", "export_parent_is_a_file",
                 "report_row_without_latency", "report_not_json", "report_bad_threshold"]
 
@@ -286,7 +322,24 @@ def inputs(tmp_path_factory) -> Path:
     GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0,
                architectures=["GPT2LMHeadModel"]).save_pretrained(w / "gpt2-folder")
     (w / "read-only").mkdir(mode=0o555)
+    _generation_folders(w)
     return w
+
+
+def _generation_folders(w: Path) -> None:
+    """A tiny model folder (`export --with-decode`) and broken copies of it."""
+    import shutil
+
+    from edgekit.model_folder import MANIFEST, export_folder
+
+    export_folder("llama-tiny", str(w / "gen"), check_tokens=16)
+    for name in ("gen-context-4", "gen-no-decode", "gen-no-manifest", "gen-bad-manifest"):
+        shutil.copytree(w / "gen", w / name)
+    manifest = json.loads((w / "gen" / MANIFEST).read_text())
+    (w / "gen-context-4" / MANIFEST).write_text(json.dumps({**manifest, "max_context": 4}))
+    (w / "gen-no-decode" / "decode.onnx").unlink()
+    (w / "gen-no-manifest" / MANIFEST).unlink()
+    (w / "gen-bad-manifest" / MANIFEST).write_text(json.dumps({"files": 3}))
 
 
 def _argv(row: Bad, w: Path) -> list[str]:

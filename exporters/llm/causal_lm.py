@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from transformers import AttentionInterface, PreTrainedModel
+from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 
 from edgekit.errors import EdgekitError, ModelLoadError, first_line
@@ -21,6 +21,7 @@ from edgekit.interface import Interface, TensorSpec
 from edgekit.runtime_ops import get_op
 
 from ..family import Family, Method
+from .decode import DECODE_ATTENTION, DecodeGraph
 
 # DHSA attributes a user sets; the model itself supplies scale, softcap and sliding_window.
 DHSA_USER_OPTIONS = ("block_size", "chunk_size", "adaptive_chunks", "length_scaled", "chunk_score", "budget_tokens",
@@ -107,7 +108,9 @@ class PrefillGraph(torch.nn.Module):
         # positions per row: rotary tables of batch 1 would pin the exported graph's batch to 1
         batch, seq = input_ids.shape
         positions = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True,
+        # full cache layers only: a sliding-window layer would keep just its last window-1 keys, and the
+        # decode step (which takes its positions from the cache length) needs every layer at S tokens
+        out = self.model(input_ids=input_ids, position_ids=positions, cache=DynamicCache(), use_cache=True,
                          logits_to_keep=self.logits_to_keep)
         present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
         logits = out.logits[:, -1, :] if self.logits_to_keep == 1 else out.logits
@@ -127,7 +130,7 @@ class CausalLMFamily(Family):
                                                local_tokens=16),
                        path_check_workload={"seq_len": 160, "batch_size": 2}),
     }
-    graph_options = ("logits_to_keep", "check_tokens")
+    graph_options = ("logits_to_keep", "check_tokens", "step")  # step: "prefill" or "decode" (the cached step)
     config_class: ClassVar[type]
 
     @classmethod
@@ -151,30 +154,59 @@ class CausalLMFamily(Family):
         return model.eval()
 
     @classmethod
-    def interface(cls, model: PreTrainedModel, logits_to_keep: int = 1, **_) -> Interface:
+    def interface(cls, model: PreTrainedModel, logits_to_keep: int = 1, step: str = "prefill", **_) -> Interface:
         config = model.config
+        _check_step(step, logits_to_keep)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         logits_dims = ("batch", config.vocab_size) if logits_to_keep == 1 else \
             ("batch", logits_to_keep, config.vocab_size)
-        kv = ("batch", config.num_key_value_heads, "sequence", head_dim)
+        kv = ("batch", config.num_key_value_heads, "sequence" if step == "prefill" else "total_sequence", head_dim)
+        kv_names = [f"{i}.{kv_name}" for i in range(config.num_hidden_layers) for kv_name in ("key", "value")]
         outputs = [TensorSpec("logits", "float32", logits_dims, doc="last-token logits")]
-        outputs += [TensorSpec(f"present.{i}.{kv_name}", "float32", kv)
-                    for i in range(config.num_hidden_layers) for kv_name in ("key", "value")]
+        outputs += [TensorSpec(f"present.{name}", "float32", kv) for name in kv_names]
         ids = TensorSpec("input_ids", "int64", ("batch", "sequence"), low=0, high=config.vocab_size,
                          doc="token ids")
-        limits = {"sequence": config.max_position_embeddings} if getattr(config, "max_position_embeddings", 0) else {}
-        return Interface(task=cls.task, method="", inputs=(ids,), outputs=tuple(outputs), limits=limits)
+        limit = getattr(config, "max_position_embeddings", 0)
+        if step == "prefill":
+            return Interface(task=cls.task, method="", inputs=(ids,), outputs=tuple(outputs),
+                             limits={"sequence": limit} if limit else {})
+        past_kv = ("batch", config.num_key_value_heads, "past_sequence", head_dim)
+        past = tuple(TensorSpec(f"past.{name}", "float32", past_kv) for name in kv_names)
+        return Interface(task=cls.task, method="", inputs=(ids, *past), outputs=tuple(outputs),
+                         recurrent={f"present.{n}": f"past.{n}" for n in kv_names},
+                         limits={"past_sequence": limit} if limit else {})
 
     @classmethod
     def prepare(cls, model: PreTrainedModel, method: str, options: dict, logits_to_keep: int = 1,
-                **_) -> PrefillGraph:
-        """Swap in the chosen attention and wrap the model as a prefill graph."""
+                step: str = "prefill", **_) -> torch.nn.Module:
+        """Swap in the chosen attention and wrap the model as a prefill graph (or the dense decode step)."""
         model.config.edgekit_dhsa = dict(options)
+        if step == "decode":
+            model.set_attn_implementation(DECODE_ATTENTION)
+            return DecodeGraph(model.eval())
         model.set_attn_implementation(f"edgekit_{method}")
         return PrefillGraph(model.eval(), logits_to_keep)
 
     @classmethod
-    def check_workload(cls, check_tokens: int = 64, logits_to_keep: int = 1, **_) -> dict[str, int]:
+    def dynamic_shapes(cls, interface: Interface) -> dict:
+        """The decode step takes its cache as `*past`: torch.export wants those dims as one tuple."""
+        shapes = super().dynamic_shapes(interface)
+        past = tuple(shapes.pop(s.name) for s in interface.inputs if s.name.startswith("past."))
+        return {**shapes, "past": past} if past else shapes
+
+    @classmethod
+    def check_workload(cls, check_tokens: int = 64, logits_to_keep: int = 1, step: str = "prefill",
+                       **_) -> dict[str, int]:
+        _check_step(step, logits_to_keep)
         if not 1 <= logits_to_keep <= check_tokens:
             raise EdgekitError("need 1 <= logits_to_keep <= check_tokens")
+        if step == "decode":  # 3 new tokens: the causal offset inside the step is checked too
+            return {"seq_len": 3, "past_len": check_tokens, "batch_size": 2}
         return {"seq_len": check_tokens, "batch_size": 2}
+
+
+def _check_step(step: str, logits_to_keep: int) -> None:
+    if step not in ("prefill", "decode"):
+        raise EdgekitError(f"unknown graph step '{step}': prefill or decode")
+    if step == "decode" and logits_to_keep != 1:
+        raise EdgekitError("the decode step emits last-token logits only: logits_to_keep must be 1")

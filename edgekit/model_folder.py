@@ -1,0 +1,150 @@
+"""An edgekit model folder for text generation: prefill.onnx + decode.onnx (+ tokenizer/) + edgekit.json.
+
+The prefill keeps the export's method (dense or DHSA); the decode step is dense over the full cache. The
+manifest says what an app needs to run the pair: its files, task and method, where the tokenizer came
+from, and the generation defaults (stop ids, chat template, context). The folder is checked before it
+appears: both graphs against PyTorch on every output, then greedy decoding through them token for token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import EdgekitError, ModelLoadError, first_line
+from edgekit.files import atomic_folder, check_writable_folder
+
+MANIFEST, PREFILL, DECODE, TOKENIZER = "edgekit.json", "prefill.onnx", "decode.onnx", "tokenizer"
+FORMAT = 1
+CHECK_STEPS, CHECK_PROMPT = 8, 24  # the greedy check at export: 8 tokens after a 24-token prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    task: str
+    method: str
+    model: str
+    options: dict
+    files: dict  # role (prefill, decode, tokenizer) -> path inside the folder
+    tokenizer_source: str | None  # the GGUF file or Hugging Face folder the tokenizer was read from
+    eos_token_ids: tuple[int, ...]
+    chat_template: bool
+    max_context: int
+    check: dict = dataclasses.field(default_factory=dict)
+    format: int = FORMAT
+
+    def write(self, folder: Path) -> None:
+        data = {**dataclasses.asdict(self), "eos_token_ids": list(self.eos_token_ids)}
+        (folder / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """The manifest of a model folder; a missing folder, manifest or graph is one ModelLoadError naming it."""
+    folder = Path(folder)
+    hint = f"export it with `edgekit export MODEL --with-decode -o {folder}`"
+    if not folder.is_dir():
+        what = "is a file, not a model folder" if folder.is_file() else "not found"
+        raise ModelLoadError(f"model folder {folder} {what}: {hint}")
+    try:
+        data = json.loads((folder / MANIFEST).read_text())
+        manifest = Manifest(**{**data, "eos_token_ids": tuple(data.get("eos_token_ids", ()))})
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder} has no {MANIFEST}: not an edgekit model folder; {hint}") from None
+    except (ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{folder / MANIFEST} is not a valid edgekit manifest: {first_line(exc)}") from None
+    for role, name in manifest.files.items():
+        if name and not (folder / name).exists():
+            raise ModelLoadError(f"{folder} is missing its {role} ({name}); {hint}")
+    return manifest
+
+
+def export_folder(model: str, output: str, method: str | None = None, *, weights: str | None = None,
+                  tolerance: float | None = None, seed: int = 0, **options) -> dict:
+    """Export the prefill (with `method`) and the dense decode step into one folder, atomically.
+
+    Returns {"path", "prefill": ExportResult, "decode": ExportResult, "manifest": Manifest}.
+    """
+    from edgekit.exporters import sources
+    from edgekit.exporting import export
+
+    if options.get("logits_to_keep", 1) != 1 or "step" in options:
+        raise EdgekitError("--with-decode writes last-token logits for generation: drop --logits-to-keep")
+    check_writable_folder(output, MANIFEST)
+    loaded = sources.load(model, weights=weights)
+    family, torch_model, name = loaded
+    graph_options = family.split_options(method, options)[1]
+    with atomic_folder(output, MANIFEST) as tmp:
+        prefill = export(model, str(tmp / PREFILL), method, tolerance=tolerance, seed=seed, loaded=loaded, **options)
+        decode = export(model, str(tmp / DECODE), "dense", tolerance=tolerance, seed=seed, loaded=loaded,
+                        step="decode", **graph_options)
+        tokenizer = save_tokenizer(None if weights else sources.tokenizer_source(model), tmp / TOKENIZER)
+        manifest = make_manifest(torch_model, name, prefill, tokenizer, model if weights is None else None)
+        manifest.write(tmp)
+        check = check_greedy(family, torch_model, prefill.method, prefill.options, tmp, seed)
+        manifest = dataclasses.replace(manifest, check=check)
+        manifest.write(tmp)
+    return {"path": str(output), "prefill": prefill, "decode": decode, "manifest": manifest}
+
+
+def save_tokenizer(source: Path | None, target: Path):
+    """Copy the model's tokenizer into the folder (apps then need no GGUF); None if it has none."""
+    if source is None:
+        return None
+    from edgekit.passkey import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(str(source))
+    except Exception:  # a Hugging Face folder without tokenizer files: the model takes token ids
+        return None
+    tokenizer.save_pretrained(target)
+    return tokenizer
+
+
+def make_manifest(torch_model, name: str, prefill, tokenizer, spec: str | None) -> Manifest:
+    from edgekit.exporters import sources
+
+    config = torch_model.config
+    source = sources.tokenizer_source(spec) if spec and tokenizer is not None else None
+    return Manifest(task=prefill.task, method=prefill.method, model=name, options=prefill.options,
+                    files={"prefill": PREFILL, "decode": DECODE, "tokenizer": TOKENIZER if tokenizer else None},
+                    tokenizer_source=str(source) if source else None, eos_token_ids=eos_ids(torch_model),
+                    chat_template=bool(tokenizer is not None and tokenizer.chat_template),
+                    max_context=int(getattr(config, "max_position_embeddings", 0) or 0))
+
+
+def eos_ids(torch_model) -> tuple[int, ...]:
+    """Stop ids from the generation config (what transformers' generate stops on), else the model config."""
+    eos = getattr(getattr(torch_model, "generation_config", None), "eos_token_id", None)
+    eos = torch_model.config.eos_token_id if eos is None else eos
+    return tuple(int(e) for e in ([] if eos is None else eos if isinstance(eos, (list, tuple)) else [eos]))
+
+
+def torch_greedy(family, torch_model, method: str, options: dict, prompt: list[int], steps: int) -> list[int]:
+    """Greedy tokens of the PyTorch prefill and decode graphs the folder was exported from."""
+    import torch
+
+    with torch.no_grad():
+        logits, *cache = family.prepare(torch_model, method, options)(torch.tensor([prompt]))
+        decode = family.prepare(torch_model, "dense", {}, step="decode")
+        tokens = [int(logits[0].argmax())]
+        for _ in range(steps - 1):
+            logits, *cache = decode(torch.tensor([[tokens[-1]]]), *cache)
+            tokens.append(int(logits[0].argmax()))
+    return tokens
+
+
+def check_greedy(family, torch_model, method: str, options: dict, folder: Path, seed: int) -> dict:
+    """ONNX Runtime's greedy tokens through the folder must be PyTorch's, every one."""
+    from edgekit.generation import Generator
+
+    prompt = np.random.default_rng(seed).integers(0, torch_model.config.vocab_size, CHECK_PROMPT).tolist()
+    want = torch_greedy(family, torch_model, method, options, prompt, CHECK_STEPS)
+    got = list(Generator(folder).generate(prompt, CHECK_STEPS, ignore_eos=True).token_ids)
+    if got != want:
+        step = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+        raise EdgekitError(f"greedy decoding through the exported graphs differs from PyTorch at step {step + 1}"
+                           f" of {CHECK_STEPS}: token {got[step]} vs {want[step]}")
+    return {"greedy_steps": CHECK_STEPS, "prompt_tokens": CHECK_PROMPT, "tokens_match": True}

@@ -1,0 +1,173 @@
+"""Generation through an exported model folder (prefill + decode graphs) vs transformers' own generate.
+
+Every LLM family's `-tiny` preset (from the registry) is exported once with `--with-decode`; greedy
+decoding in ONNX Runtime must produce exactly the tokens `model.generate(do_sample=False)` produces with
+the same seeded weights. Bad input (CLI) is in tests/test_bad_input.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.errors import EdgekitError, ShapeError
+from edgekit.exporters import families
+from edgekit.generation import Generator, Sampling
+from edgekit.model_folder import MANIFEST, export_folder, torch_greedy
+
+NEW_TOKENS, PROMPT = 32, 40  # 40 + 32 tokens: past Gemma2/3's 48-token window during decoding
+DHSA = dict(block_size=16, chunk_size=8, budget_tokens=64, sink_tokens=8, local_tokens=16)
+TINY = [pytest.param(f, n, id=n) for f in families("text-generation") for n in f.presets if n.endswith("-tiny")]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """(preset, method) -> exported folder; each export runs once for the module."""
+    cache = {}
+
+    def get(name: str, method: str = "dense"):
+        if (name, method) not in cache:
+            path = tmp_path_factory.mktemp("gen") / f"{name}-{method}"
+            export_folder(name, str(path), method, check_tokens=16, **(DHSA if method == "dhsa" else {}))
+            cache[name, method] = path
+        return cache[name, method]
+
+    return get
+
+
+def prompt_ids(vocab: int, length: int = PROMPT, seed: int = 0) -> list[int]:
+    return torch.randint(0, vocab, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+@pytest.mark.parametrize("family, name", TINY)
+def test_greedy_matches_transformers_generate(folders, family, name):
+    model = family.from_preset(name)
+    ids = prompt_ids(model.config.vocab_size)
+    want = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=NEW_TOKENS)[0, PROMPT:].tolist()
+    got = Generator(folders(name)).generate(ids, NEW_TOKENS)  # both stop at the model's eos, if it comes
+    assert got.token_ids == want and got.finish_reason == ("length" if len(want) == NEW_TOKENS else "stop")
+
+
+def test_dhsa_prefill_then_dense_decode_matches_pytorch(folders):
+    """A 100-token prompt takes DHSA's sparse path (budget 64); decoding is dense over the whole cache."""
+    family = next(f for f in families("text-generation") if "llama-tiny" in f.presets)
+    model = family.from_preset("llama-tiny")
+    ids = prompt_ids(model.config.vocab_size, 100)
+    options = family.split_options("dhsa", DHSA)[0]
+    want = torch_greedy(family, model, "dhsa", options, ids, NEW_TOKENS)
+    got = Generator(folders("llama-tiny", "dhsa")).generate(ids, NEW_TOKENS, ignore_eos=True).token_ids
+    assert got == want
+
+
+def test_folder_holds_the_graphs_and_the_manifest(folders):
+    folder = folders("llama-tiny", "dhsa")
+    assert sorted(p.name for p in folder.iterdir()) == ["decode.onnx", MANIFEST, "prefill.onnx"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "a temp folder was left"
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["method"] == "dhsa" and manifest["options"]["budget_tokens"] == 64
+    assert manifest["tokenizer_source"] is None and manifest["files"]["tokenizer"] is None
+    assert manifest["eos_token_ids"] == [2] and manifest["max_context"] == 32768
+    assert manifest["check"]["tokens_match"] is True
+
+
+def test_decode_graph_interface(folders):
+    g = Generator(folders("llama-tiny"))
+    assert [s.name for s in g.decode.inputs][:3] == ["input_ids", "past.0.key", "past.0.value"]
+    assert g.decode.inputs[1].dims == ("batch", 2, "past_sequence", 16)
+    assert g.decode.outputs[1].dims == ("batch", 2, "total_sequence", 16)
+    assert g.decode.interface.recurrent["present.1.value"] == "past.1.value"
+
+
+def test_sampling_is_seeded_and_stop_tokens_stop(folders):
+    g = Generator(folders("llama-tiny"))
+    ids = prompt_ids(512)
+    runs = [g.generate(ids, 12, temperature=0.9, top_k=50, top_p=0.9, seed=s).token_ids for s in (1, 1, 2)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+    greedy = g.generate(ids, 12, ignore_eos=True).token_ids
+    stopped = g.generate(ids, 12, stop_token_ids=[greedy[3]], ignore_eos=True)
+    assert stopped.token_ids == greedy[:greedy.index(greedy[3]) + 1] and stopped.finish_reason == "stop"
+    assert list(g.stream(ids, 5, ignore_eos=True)) == greedy[:5]  # no tokenizer: the stream yields ids
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy():
+    logits = np.random.default_rng(0).standard_normal(100)
+    rng = np.random.default_rng(0)
+    assert Sampling(1.0, top_k=1).pick(logits, rng) == logits.argmax()
+    assert Sampling(1.0, top_p=1e-9).pick(logits, rng) == logits.argmax()
+    with pytest.raises(EdgekitError, match="top-p"):
+        Sampling(top_p=2)
+
+
+def test_bad_prompts_are_one_line_errors(folders):
+    g = Generator(folders("llama-tiny"))
+    with pytest.raises(EdgekitError, match="has no tokenizer"):
+        g.generate("hello", 4)
+    with pytest.raises(EdgekitError, match="empty"):
+        g.generate([], 4)
+    with pytest.raises(ShapeError, match="outside the vocabulary"):
+        g.generate([512], 4)
+
+
+@pytest.mark.slow
+def test_smollm2_streams_the_text_it_generates(tmp_path):
+    """The real SmolLM2-135M (GGUF): its tokenizer and chat template travel in the folder."""
+    folder = tmp_path / "smollm2"
+    export_folder("smollm2-135m", str(folder), check_tokens=16)
+    g = Generator(folder)
+    assert g.manifest.chat_template and g.manifest.tokenizer_source.endswith(".gguf")
+    whole = g.generate("What is the capital of France?", 16, chat=True)
+    pieces = list(g.stream("What is the capital of France?", 16, chat=True))
+    assert "".join(pieces) == whole.text and len(pieces) > 1 and "Paris" in whole.text
+    cut = g.generate("What is the capital of France?", 16, chat=True, stop=["Paris"])
+    assert "Paris" not in cut.text and cut.finish_reason == "stop" and whole.text.startswith(cut.text)
+
+
+def test_profile_decode_tokens_adds_llama_bench_figures(folders):
+    from edgekit import report
+    from edgekit.profiling import profile
+
+    folder = str(folders("llama-tiny"))
+    results = profile([folder], [32], decode_tokens=8, repeat=2, warmup=0)
+    row = results["results"][0]
+    assert row["status"] == "ok", row
+    assert row["decode_tokens"] == 8 and row["tg_tokens_per_s"] > 0 and row["pp_tokens_per_s"] > 0
+    assert 0 < row["ttft_ms"] < row["latency_ms"]["median"]
+    assert "tg tokens/s" in report.markdown(results).splitlines()[0]
+
+
+def test_cli_generate_streams_ids_and_reports_speed(folders):
+    from test_cli import assert_ok, edgekit
+
+    g = Generator(folders("llama-tiny"))
+    want = g.generate([5, 6, 7], 6, ignore_eos=True).token_ids
+    proc = edgekit("generate", folders("llama-tiny"), "--prompt-ids", "5,6,7", "--max-new-tokens", 6, "--ignore-eos")
+    assert_ok(proc)
+    assert [int(t) for t in proc.stdout.split()] == want
+    assert "time to first token" in proc.stderr and "tokens/s" in proc.stderr
+
+
+def test_ctrl_c_while_streaming_stops_cleanly(folders):
+    import signal
+    import subprocess
+
+    from test_cli import EDGEKIT
+
+    proc = subprocess.Popen([*EDGEKIT, "generate", str(folders("llama-tiny")), "--prompt-ids", "1,2,3",
+                             "--max-new-tokens", "30000", "--ignore-eos"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.read(8)  # tokens are streaming
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["Aborted."]
+
+
+def test_export_replaces_an_old_model_folder_whole(tmp_path):
+    folder = tmp_path / "m"
+    export_folder("llama-tiny", str(folder), check_tokens=16)
+    (folder / "stale.txt").write_text("from the old export")
+    export_folder("llama-tiny", str(folder), "dhsa", check_tokens=16, **DHSA)
+    assert json.loads((folder / MANIFEST).read_text())["method"] == "dhsa"
+    assert not (folder / "stale.txt").exists() and [p.name for p in tmp_path.iterdir()] == ["m"]
