@@ -501,3 +501,4 @@ def test_image_session_rejects_what_cannot_work(inputs, image, says):
     with pytest.raises(ShapeError, match=says):
         session.run({"image": image})
     assert session.run(np.zeros((2, 3, 64, 96), np.float32))["logits"].shape == (2, 1000)  # the control
+
