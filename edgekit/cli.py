@@ -58,10 +58,7 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
     """'1,64' -> [1, 64]; None stays None (the task's defaults apply)."""
     if text is None:
         return None
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise EdgekitError(f"{flag} wants comma-separated integers, got '{text}'") from None
+    values = _values(text, int, flag)
     if not values or min(values) < 1:
         raise EdgekitError(f"{flag} wants positive integers, got '{text}'")
     return values
@@ -507,8 +504,8 @@ def passkey_cmd(
     """Passkey retrieval: is a 5-digit key hidden in filler text found at each length (greedy, teacher-forced)?"""
     from edgekit.passkey import markdown, passkey
 
-    sizes = _passkey_values(lengths, int, "--lengths")
-    fractions = _passkey_values(depths, float, "--depths")
+    sizes = _values(lengths, int, "--lengths")
+    fractions = _values(depths, float, "--depths")
     _check_outputs(json_out)
     with _StepProgress(len(models) * len(sizes) * len(fractions) * trials) as step:
         results = passkey(models, sizes, fractions, trials=trials, seed=seed, ep=ep, threads=threads,
@@ -516,11 +513,13 @@ def passkey_cmd(
     _emit(results, markdown(results), json_out)
 
 
-def _passkey_values(text: str, kind: type, flag: str) -> list:
+def _values(text: str, kind: type, flag: str) -> list:
+    """'1,2' -> [kind(1), kind(2)]; anything else is one error naming the flag."""
     try:
         return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise EdgekitError(f"{flag} wants comma-separated {kind.__name__}s, got '{text}'") from None
+        words = {int: "integers", float: "numbers"}
+        raise EdgekitError(f"{flag} wants comma-separated {words[kind]}, got '{text}'") from None
 
 
 def _fail(line: str) -> None:

@@ -43,13 +43,21 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     and removed by the next write to the same target. Any OSError becomes one OutputError naming the path.
     """
     target = check_writable(path)
+    with _temp_beside(target) as tmp:
+        tmp.touch(0o666, exist_ok=False)  # the usual permissions (umask applies), like a file written in place
+        yield str(tmp)
+        os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _temp_beside(target: Path) -> Iterator[Path]:
+    """A temp path beside `target`, named for this process (stale ones of dead processes removed first),
+    gone on exit whatever happens; an OSError in the block becomes one OutputError naming `target`."""
     tmp = target.parent / f"{_temp_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(target)
-        tmp.touch(0o666, exist_ok=False)  # the usual permissions (umask applies), like a file written in place
-        yield str(tmp)
-        os.replace(tmp, target)
+        yield tmp
     except OSError as exc:
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
@@ -88,17 +96,10 @@ def atomic_output_group(path: str | os.PathLike) -> Iterator[Path]:
     folder is named like `atomic_output`'s temps, so one left by a killed process is removed later too.
     """
     target = check_writable(path)
-    folder = target.parent / f"{_temp_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(target)
+    with _temp_beside(target) as folder:
         folder.mkdir()
         yield folder
         _publish(folder, target)
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    finally:
-        _remove(folder)
 
 
 def _publish(folder: Path, target: Path) -> None:
@@ -152,18 +153,13 @@ def atomic_folder(path: str | os.PathLike, marker: str) -> Iterator[Path]:
     """Yield a private folder beside `path`; on success it replaces `path` (renamed into place, an old
     edgekit folder moved aside first and removed after), on failure nothing appears."""
     target = check_writable_folder(path, marker)
-    tmp = target.parent / f"{_temp_prefix(target)}{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    old = tmp.with_name(tmp.name.replace(".tmp", "-old.tmp"))
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(target)
-        tmp.mkdir(0o777)
-        yield tmp
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    finally:
-        _remove(tmp)
-        _remove(old)
+    with _temp_beside(target) as tmp:
+        old = tmp.with_name(tmp.name.replace(".tmp", "-old.tmp"))
+        try:
+            tmp.mkdir(0o777)
+            yield tmp
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+        finally:
+            _remove(old)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import platform
 import subprocess
@@ -15,7 +16,7 @@ from typing import Callable, Sequence
 import psutil
 
 from edgekit.ep_profiles import load_profile
-from edgekit.errors import ModelLoadError, ProfileError, ShapeError, first_line
+from edgekit.errors import ModelLoadError, ProfileError, ShapeError
 from edgekit.interface import TASK
 from edgekit.profile_worker import row_base
 from edgekit.report import SCHEMA_VERSION
@@ -98,6 +99,14 @@ def _graph_file(model: str) -> str:
 
 
 def _metadata(path: str) -> dict[str, str]:
+    """A model file's metadata, read once per request: the checks below all need it, and an .ort file is
+    read through a whole ONNX Runtime session. Keyed by size and mtime, so a re-exported file is read anew."""
+    stat = Path(path).stat()
+    return _read_metadata(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_metadata(path: str, size: int, mtime_ns: int) -> dict[str, str]:
     from edgekit.session import read_metadata
 
     return read_metadata(path)
