@@ -264,7 +264,9 @@ def DHSAAttention(
     n_blocks = op.Div(seq + L - one, L)
     n_chunks = op.Div(seq + chunk - one, chunk)
     pos = op.Range(op.Squeeze(zero), op.Squeeze(seq), op.Constant(value_int=1))  # (S,)
+    # a finite sentinel in every precision: 3e38 is inf in fp16, so there it becomes fp16's largest, 65504
     big = op.CastLike(op.Constant(value_float=3.0e38), query)
+    big = op.Where(op.IsInf(big), op.CastLike(op.Constant(value_float=65504.0), query), big)
 
     two = op.Constant(value_ints=[2])
     three = op.Constant(value_ints=[3])
