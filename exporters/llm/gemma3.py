@@ -23,4 +23,9 @@ class Gemma3(CausalLMFamily):
                             sliding_window=48, layer_types=["sliding_attention", "sliding_attention",
                                                             "full_attention"],
                             max_position_embeddings=32768),
+        # Gemma-3-270M's shape with random weights (18 layers, 5 local : 1 global, window 512, one KV head
+        # of 256): long-prefill benchmarks where sliding layers dominate
+        "gemma3-270m": dict(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                            num_attention_heads=4, num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
+                            sliding_window=512, max_position_embeddings=32768, tie_word_embeddings=True),
     }
