@@ -19,7 +19,7 @@ CI_BASELINE ?= benchmarks/ci-baseline/$(CI_EP)
 CI_FAIL_ON  ?= latency:+150%,memory:+100%
 CI_RESULTS  := $(CI_DIR)/llama.json $(CI_DIR)/litv2.json
 
-.PHONY: setup demo test bench bench-short bench-llamacpp bench-hilo bench-policy profile-ci profile-ci-baseline clean
+.PHONY: setup demo test bench bench-short bench-llamacpp bench-gemma3 bench-hilo bench-policy profile-ci profile-ci-baseline clean
 
 $(BIN)/edgekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,19 @@ bench-short: setup  ## minutes, no llama.cpp build: a small model at short lengt
 	$(BIN)/edgekit export llama-demo --method dhsa --budget-tokens 512 -o $(BENCH_DIR)/short-dhsa.onnx
 	$(BIN)/edgekit profile $(BENCH_DIR)/short-dense.onnx $(BENCH_DIR)/short-dhsa.onnx --seq-lens 1024,4096 \
 	    --repeat 3 --json $(BENCH_DIR)/short.json --plot $(BENCH_DIR)/short.png
+
+# Gemma-3-270M's shape (random weights; 18 layers, 5 sliding-window : 1 global, window 512): long prefill
+# where sliding layers dominate. Dense at 32K needs S x S scores on its global layers; a failed point is
+# reported with its reason.
+bench-gemma3: setup
+	mkdir -p $(BENCH_DIR)/gemma3
+	/usr/bin/time -v $(BIN)/edgekit export gemma3-270m --method dense -o $(BENCH_DIR)/gemma3/dense.onnx \
+	    2>&1 | tee $(BENCH_DIR)/gemma3/export-dense.log
+	/usr/bin/time -v $(BIN)/edgekit export gemma3-270m --method dhsa -o $(BENCH_DIR)/gemma3/dhsa.onnx \
+	    2>&1 | tee $(BENCH_DIR)/gemma3/export-dhsa.log
+	$(BIN)/edgekit profile $(BENCH_DIR)/gemma3/dense.onnx $(BENCH_DIR)/gemma3/dhsa.onnx --seq-lens 4096,16384,32768 \
+	    --repeat 1 --warmup 0 --timeout 1500 --json $(BENCH_DIR)/gemma3/profile.json \
+	    --plot $(BENCH_DIR)/gemma3/profile.png | tee $(BENCH_DIR)/gemma3/profile.md
 
 # HiLo: one layer (14x14 tokens, dim 768, 12 heads) and the LITv2-S backbone, hilo vs msa/window/sra
 bench-hilo: setup
