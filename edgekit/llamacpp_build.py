@@ -140,6 +140,10 @@ def install(cache_dir: Path | None = None, log=sys.stderr) -> Path:
     args = cmake_args(cmake_options(*this_machine()))
     folder = (cache_dir or default_cache_dir()) / cache_key(version, args)
     wheel = cached_wheel(folder)
+    installed = installed_build()
+    if installed.get("version") == version and installed.get("cmake_args") == args and _importable():
+        print(f"{DIST} {version} is installed with these flags ({installed.get('wheel')})", file=log, flush=True)
+        return Path(installed["wheel"])
     if wheel is None:
         print(f"building {DIST} {version} (several minutes) with CMAKE_ARGS={' '.join(args)}", file=log, flush=True)
         shutil.rmtree(folder, ignore_errors=True)  # a folder without its record is no complete build
@@ -150,7 +154,15 @@ def install(cache_dir: Path | None = None, log=sys.stderr) -> Path:
     deps = subprocess.run([sys.executable, "-m", "pip", "install", "-q", str(wheel)])  # its small pure-Python deps
     if proc.returncode or deps.returncode:
         raise EdgekitError(f"pip could not install {wheel}")
+    if not _importable():
+        raise EdgekitError(f"{wheel} installed, but `import llama_cpp` fails: rebuild it (remove {folder})")
     return wheel
+
+
+def _importable() -> bool:
+    """Whether llama_cpp imports and loads its library (in a fresh process: this one may predate the install)."""
+    code = "import llama_cpp; llama_cpp.llama_print_system_info()"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 def installed_build() -> dict:

@@ -131,3 +131,13 @@ def test_installed_llama_cpp_runs_no_amx_code():
     info = llama_cpp.llama_print_system_info().decode()
     assert "AVX" in info or "NEON" in info
     assert "AMX" not in info
+
+
+def test_install_keeps_an_installed_build_with_the_same_flags(monkeypatch, tmp_path):
+    args = build.cmake_args(build.cmake_options(*build.this_machine()))
+    wheel = str(tmp_path / "w.whl")
+    monkeypatch.setattr(build, "installed_build", lambda: {"version": build.pinned_version(), "cmake_args": args,
+                                                           "wheel": wheel})
+    monkeypatch.setattr(build, "_importable", lambda: True)
+    monkeypatch.setattr(build.subprocess, "run", lambda *a, **k: pytest.fail("nothing to build or install"))
+    assert build.install(tmp_path) == Path(wheel)
