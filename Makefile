@@ -58,12 +58,15 @@ test-llamacpp: setup-llamacpp
 	    --llamacpp-sweep-at 256 --llamacpp-sweep-axis kv=f16 --json $(CI_DIR)/llamacpp.json
 	$(BIN)/edgekit report $(CI_DIR)/llamacpp.json -o $(CI_DIR)/llamacpp.md
 
-# SmolLM2-135M's shipped Q4_1 GGUF in llama.cpp, tuned at each length on its own (every trial in the JSON)
+# SmolLM2-135M's shipped Q4_1 GGUF in llama.cpp, tuned at each length on its own (every trial in the JSON),
+# or once at SWEEP_AT tokens with the winner applied to every length
 SWEEP_SEQ_LENS ?= 8192,16384
+SWEEP_AT       ?=
 bench-llamacpp-sweep: setup-llamacpp
 	mkdir -p $(BENCH_DIR)
 	$(BIN)/edgekit profile $(BENCH_MODEL) --seq-lens $(SWEEP_SEQ_LENS) --repeat $(BENCH_REPEAT) \
-	    --warmup $(BENCH_WARMUP) --llamacpp-sweep --json $(BENCH_DIR)/llamacpp-sweep.json | tee $(BENCH_DIR)/llamacpp-sweep.md
+	    --warmup $(BENCH_WARMUP) --llamacpp-sweep $(if $(SWEEP_AT),--llamacpp-sweep-at $(SWEEP_AT)) \
+	    --json $(BENCH_DIR)/llamacpp-sweep.json | tee $(BENCH_DIR)/llamacpp-sweep.md
 
 bench: setup-llamacpp
 	mkdir -p $(BENCH_DIR)

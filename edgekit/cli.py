@@ -241,7 +241,7 @@ def profile(
     gate = _gate_request(compare, fail_on)
     axes = dict(seq_lens=_int_list(seq_lens, "--seq-lens"), image_sizes=_int_list(image_sizes, "--image-sizes"),
                 batch_sizes=_int_list(batch_sizes, "--batch-sizes"))
-    sweep = _sweep_space(llamacpp_sweep, llamacpp_sweep_axis, llamacpp_sweep_strategy)
+    sweep = _sweep_space(llamacpp_sweep, llamacpp_sweep_axis, llamacpp_sweep_strategy, threads)
     with _StepProgress(None) as step:
         results = run_profile(models, **axes, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
                               timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step,
@@ -257,7 +257,7 @@ def profile(
     return _gate_exit(comparison)
 
 
-def _sweep_space(enabled: bool, axes: Optional[List[str]], strategy: str):
+def _sweep_space(enabled: bool, axes: Optional[List[str]], strategy: str, threads: Optional[int]):
     """The llama.cpp sweep asked for, or None; its options without --llamacpp-sweep are an error."""
     from edgekit.llamacpp_sweep import space_from
 
@@ -265,7 +265,7 @@ def _sweep_space(enabled: bool, axes: Optional[List[str]], strategy: str):
         if axes or strategy != "axes":
             raise EdgekitError("--llamacpp-sweep-axis / --llamacpp-sweep-strategy need --llamacpp-sweep")
         return None
-    return space_from(axes, strategy)
+    return space_from(axes, strategy, threads)
 
 
 def _command_line() -> str:

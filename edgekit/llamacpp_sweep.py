@@ -118,9 +118,12 @@ _FORMS = {"threads": "integers >= 1", "batch": "N_BATCH/N_UBATCH pairs with N_UB
           "flash_attn": "on / off", "kv_type": ", ".join(KV_TYPES), "mmap": "on / off"}
 
 
-def space_from(axes: list[str] | None, strategy: str = "axes") -> SweepSpace:
-    """A sweep space from `--llamacpp-sweep-axis` texts: each replaces that axis's default values."""
+def space_from(axes: list[str] | None, strategy: str = "axes", threads: int | None = None) -> SweepSpace:
+    """A sweep space from `--llamacpp-sweep-axis` texts: each replaces that axis's default values; a profile's
+    fixed `threads` (--threads) fixes llama.cpp's too, unless a threads axis is given."""
     chosen = dict(parse_axis(text) for text in axes or [])
+    if threads is not None:
+        chosen.setdefault("threads", (threads,))
     return SweepSpace(**chosen, strategy=strategy)
 
 

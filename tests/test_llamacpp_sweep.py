@@ -104,6 +104,12 @@ def test_bad_axis_values_name_themselves(text, says):
         parse_axis(text)
 
 
+def test_a_fixed_thread_count_fixes_the_threads_axis_unless_one_is_given():
+    assert space_from([], threads=2).threads == (2,)
+    assert space_from(["threads=1,4"], threads=2).threads == (1, 4)
+    assert space_from(["kv=f16"]).kv_type == ("f16",) and space_from([]).threads[0] == 1
+
+
 def test_a_space_refuses_what_cannot_run():
     with pytest.raises(ProfileError, match="strategy 'random'"):
         space_from([], "random")
