@@ -118,19 +118,23 @@ def cached_wheel(folder: Path) -> Path | None:
 def build_wheel(version: str, args: list[str], folder: Path, log=sys.stderr) -> Path:
     """Compile llama-cpp-python into `folder` (minutes); the folder appears only once the build succeeded."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".building-") as tmp:
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
+    try:
         env = {**os.environ, "CMAKE_ARGS": " ".join(args)}
+        # --no-cache-dir: pip's own wheel cache is keyed by the sdist alone and would hand back other flags' build
         cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-binary", DIST, "--no-cache-dir",
-               f"{DIST}=={version}", "-w", tmp]
+               f"{DIST}=={version}", "-w", str(tmp)]
         proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wheels = list(Path(tmp).glob("*.whl"))
+        wheels = list(tmp.glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             raise EdgekitError(f"building {DIST} {version} failed (pip exited with {proc.returncode}) with "
                                f"CMAKE_ARGS={' '.join(args)}: see the compiler output above")
         record = {"version": version, "cmake_args": args, "cpu": _cpu_name(), "machine": platform.machine(),
                   "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         Path(str(wheels[0]) + BUILD_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        Path(tmp).rename(folder)  # atomic: a half-built folder is never taken for a cached wheel
+        tmp.rename(folder)  # atomic: a half-built folder is never taken for a cached wheel
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return cached_wheel(folder)
 
 

@@ -141,3 +141,45 @@ def test_install_keeps_an_installed_build_with_the_same_flags(monkeypatch, tmp_p
     monkeypatch.setattr(build, "_importable", lambda: True)
     monkeypatch.setattr(build.subprocess, "run", lambda *a, **k: pytest.fail("nothing to build or install"))
     assert build.install(tmp_path) == Path(wheel)
+
+
+def _fake_pip(returncode: int, writes_wheel: bool, seen: list):
+    def run(cmd, env=None, **kwargs):
+        seen.append((cmd, env["CMAKE_ARGS"]))
+        if writes_wheel:
+            out = Path(cmd[cmd.index("-w") + 1])
+            (out / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl").write_bytes(b"PK")
+        return subprocess.CompletedProcess(cmd, returncode)
+    return run
+
+
+def test_a_built_wheel_lands_in_its_cache_folder_with_its_record(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(build.subprocess, "run", _fake_pip(0, True, seen))
+    args = ["-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON"]
+    folder = tmp_path / build.cache_key("0.3.36", args)
+    wheel = build.build_wheel("0.3.36", args, folder)
+    assert wheel.parent == folder and build.cached_wheel(folder) == wheel
+    record = json.loads(Path(str(wheel) + build.BUILD_RECORD).read_text())
+    assert record["cmake_args"] == args and record["version"] == "0.3.36" and record["cpu"]
+    cmd, cmake = seen[0]
+    assert cmake == "-DGGML_NATIVE=OFF -DGGML_AVX2=ON" and "llama-cpp-python==0.3.36" in cmd
+    assert "--no-cache-dir" in cmd  # pip's cache is keyed by the sdist alone: it would return other flags' wheel
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no temporary folder left
+
+
+@pytest.mark.parametrize("returncode, writes_wheel", [(1, False), (0, False)])
+def test_a_failed_build_says_so_and_caches_nothing(tmp_path, monkeypatch, returncode, writes_wheel):
+    monkeypatch.setattr(build.subprocess, "run", _fake_pip(returncode, writes_wheel, []))
+    with pytest.raises(build.EdgekitError, match="building llama-cpp-python 0.3.36 failed.*CMAKE_ARGS=-DGGML_NATIVE=OFF"):
+        build.build_wheel("0.3.36", ["-DGGML_NATIVE=OFF"], tmp_path / "key")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_install_is_one_error_line_and_exit_1(monkeypatch, capsys):
+    def fail(cache_dir):
+        raise build.EdgekitError("building llama-cpp-python 0.3.36 failed (pip exited with 1)")
+
+    monkeypatch.setattr(build, "install", fail)
+    assert build.main(["install"]) == 1
+    assert capsys.readouterr().err == "Error: building llama-cpp-python 0.3.36 failed (pip exited with 1)\n"
