@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edgekit.errors import EdgekitError, ModelLoadError, ShapeError, first_line
 # ---------------------------------------------------------------------------------------------------
 
+# a plain `pip install llama-cpp-python` compiles with -march=native, which dies (SIGILL) on VMs that
+# advertise AMX without enabling it
+INSTALL_HINT = "make setup-llamacpp (or python -m edgekit.llamacpp_build install) builds it for this CPU in several minutes"
 MIN_CONTEXT = 256  # llama.cpp pads n_ctx to a multiple of 256 anyway
 # llama.cpp's own defaults. n_batch: tokens per llama_decode call; n_ubatch: tokens per compute graph.
 # A micro-batch attends only to the keys before it, so smaller ones skip masked work and keep buffers
@@ -57,7 +60,7 @@ def _import_llama_cpp():
     try:
         import llama_cpp
     except ImportError:
-        raise EdgekitError("llama.cpp baseline needs llama-cpp-python: pip install 'edgekit[llamacpp]'") from None
+        raise EdgekitError(f"llama.cpp baseline needs llama-cpp-python: {INSTALL_HINT}") from None
     return llama_cpp
 
 

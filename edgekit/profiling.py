@@ -297,8 +297,10 @@ def _check_model_file(model: str, decode_tokens: int | None = None) -> None:
         raise ProfileError(f"cannot profile {model}: expected an .onnx / .ort (ONNX Runtime) or .gguf (llama.cpp) "
                            "file")
     elif find_spec("llama_cpp") is None:
+        from edgekit.llamacpp import INSTALL_HINT
+
         raise ProfileError(f"{model} runs in llama.cpp, but llama-cpp-python is not installed: "
-                           f"pip install -e '.[llamacpp]' (it compiles for several minutes)")
+                           f"{INSTALL_HINT}")
 
 
 def _check_onnx_file(path: str) -> None:

@@ -79,7 +79,7 @@ ROWS = {
     "profile_not_an_edgekit_model": Bad(profile("--json", f"{OUT}.json", model="{w}/add.onnx"), 1,
                                         ("add.onnx", "not exported by edgekit")),
     "profile_gguf_without_llamacpp": Bad(profile("--json", f"{OUT}.json", model="{w}/fake.gguf"), 1,
-                                         ("fake.gguf", "llama-cpp-python is not installed")),
+                                         ("fake.gguf", "llama-cpp-python is not installed", "make setup-llamacpp")),
     "profile_sweep_without_gguf": Bad(profile("--llamacpp-sweep", "--json", f"{OUT}.json"), 1,
                                       ("--llamacpp-sweep tunes llama.cpp", "no model is a .gguf")),
     "profile_sweep_threads_zero": Bad(profile("--llamacpp-sweep", "--llamacpp-sweep-axis", "threads=0", "--json",

@@ -119,7 +119,7 @@ def test_cli_gguf_writes_and_reports_one_line(tmp_path):
 
 def test_runner_without_llama_cpp_says_how_to_install(tiny_gguf, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
-    with pytest.raises(EdgekitError, match=r"pip install 'edgekit\[llamacpp\]'"):
+    with pytest.raises(EdgekitError, match=r"make setup-llamacpp \(or python -m edgekit.llamacpp_build install\)"):
         LlamaCppRunner(tiny_gguf)
 
 
