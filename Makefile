@@ -10,6 +10,10 @@ BENCH_REPEAT   ?= 1
 BENCH_WARMUP   ?= 0
 BENCH_PASSKEY  ?= 2048,4096,8192
 BENCH_DIR      ?= bench-results
+# the llama.cpp baseline tuned as llama-bench users tune it (threads, batches, flash attention, KV type, mmap)
+BENCH_SWEEP    ?= --llamacpp-sweep --llamacpp-sweep-at 2048
+# llama-cpp-python wheels built for this CPU, keyed by version and CMAKE_ARGS (never required: built when absent)
+LLAMACPP_CACHE ?= $(HOME)/.cache/edgekit/wheels
 
 # CI profiling (`make profile-ci`, .github/workflows/profile.yml): tiny models, short workloads, a gate
 # against the committed baseline of the same device profile (generous: shared runners are noisy)
@@ -19,7 +23,7 @@ CI_BASELINE ?= benchmarks/ci-baseline/$(CI_EP)
 CI_FAIL_ON  ?= latency:+150%,memory:+100%
 CI_RESULTS  := $(CI_DIR)/llama.json $(CI_DIR)/litv2.json
 
-.PHONY: setup demo test bench bench-short bench-llamacpp bench-gemma3 bench-hilo bench-policy profile-ci profile-ci-baseline clean
+.PHONY: setup demo test setup-llamacpp test-llamacpp bench bench-short bench-llamacpp-sweep bench-gemma3 bench-hilo bench-policy profile-ci profile-ci-baseline clean
 
 $(BIN)/edgekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,19 +40,40 @@ setup: $(BIN)/edgekit
 demo: setup  ## the main job: export dense + DHSA of a built-in model, profile both, print the table
 	$(BIN)/edgekit demo
 
-test: setup
-	$(BIN)/python -m pytest -q
+test: setup  ## everything but the llama.cpp-backed tests (those are `make test-llamacpp`)
+	$(BIN)/python -m pytest -q -m "not llamacpp"
 
-# llama.cpp baseline: llama-cpp-python compiles from source (4-17 minutes on 2 cores)
-bench-llamacpp: setup
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install -q -e '.[llamacpp]'
+# llama.cpp baseline: llama-cpp-python compiled for this CPU (every ISA option explicit, no -march=native, no
+# AMX: `python -m edgekit.llamacpp_build` prints the flags), 4-17 minutes on 2 cores, then reused from the cache
+setup-llamacpp: setup
+	$(BIN)/python -m edgekit.llamacpp_build install --cache-dir $(LLAMACPP_CACHE)
 
-bench: bench-llamacpp
+# the llama.cpp path end to end (CI runs it): its tests (a missing llama.cpp fails them) and a tiny tuned profile.
+# llama-tiny's head size 16 cannot hold a q8_0 KV cache (32-value blocks): the sweep keeps f16
+test-llamacpp: setup-llamacpp
+	EDGEKIT_REQUIRE_LLAMACPP=1 $(BIN)/python -m pytest -q -m llamacpp
+	mkdir -p $(CI_DIR)
+	$(BIN)/edgekit gguf llama-tiny -o $(CI_DIR)/llama-tiny.gguf
+	$(BIN)/edgekit profile $(CI_DIR)/llama-tiny.gguf --seq-lens 256,1024 --repeat 3 --llamacpp-sweep \
+	    --llamacpp-sweep-at 256 --llamacpp-sweep-axis kv=f16 --json $(CI_DIR)/llamacpp.json
+	$(BIN)/edgekit report $(CI_DIR)/llamacpp.json -o $(CI_DIR)/llamacpp.md
+
+# SmolLM2-135M's shipped Q4_1 GGUF in llama.cpp, tuned at each length on its own (every trial in the JSON),
+# or once at SWEEP_AT tokens with the winner applied to every length
+SWEEP_SEQ_LENS ?= 8192,16384
+SWEEP_AT       ?=
+bench-llamacpp-sweep: setup-llamacpp
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/edgekit profile $(BENCH_MODEL) --seq-lens $(SWEEP_SEQ_LENS) --repeat $(BENCH_REPEAT) \
+	    --warmup $(BENCH_WARMUP) --llamacpp-sweep $(if $(SWEEP_AT),--llamacpp-sweep-at $(SWEEP_AT)) \
+	    --json $(BENCH_DIR)/llamacpp-sweep.json | tee $(BENCH_DIR)/llamacpp-sweep.md
+
+bench: setup-llamacpp
 	mkdir -p $(BENCH_DIR)
 	$(BIN)/edgekit export $(BENCH_MODEL) --method dense -o $(BENCH_DIR)/dense.onnx
 	$(BIN)/edgekit export $(BENCH_MODEL) --method dhsa -o $(BENCH_DIR)/dhsa.onnx
 	$(BIN)/edgekit profile $(BENCH_DIR)/dense.onnx $(BENCH_DIR)/dhsa.onnx $(BENCH_MODEL) \
-	    --seq-lens $(BENCH_SEQ_LENS) --repeat $(BENCH_REPEAT) --warmup $(BENCH_WARMUP) \
+	    --seq-lens $(BENCH_SEQ_LENS) --repeat $(BENCH_REPEAT) --warmup $(BENCH_WARMUP) $(BENCH_SWEEP) \
 	    --json $(BENCH_DIR)/profile.json --plot $(BENCH_DIR)/profile.png | tee $(BENCH_DIR)/profile.md
 	$(BIN)/edgekit export $(BENCH_MODEL) --method dense --logits-to-keep 8 -o $(BENCH_DIR)/dense-passkey.onnx
 	$(BIN)/edgekit export $(BENCH_MODEL) --method dhsa --logits-to-keep 8 -o $(BENCH_DIR)/dhsa-passkey.onnx

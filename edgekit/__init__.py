@@ -7,6 +7,7 @@ The public API, one plain function per pipeline step:
     Session(path, ep=...)               run an exported model (edgekit ops included)
     Generator(folder, ep=...)           text generation: a prefill + cached decode folder (export --with-decode)
     profile(models, seq_lens)           prefill latency / peak memory side by side
+                                        (llamacpp_sweep=LlamaCppSweep(...): tune the llama.cpp baseline first)
     report.markdown(results)            render profile results (report_formats: HTML / CSV / JSON of several files;
                                         gates: compare with a baseline for CI)
 """
@@ -22,6 +23,7 @@ _LAZY = {  # imported on first use: `import edgekit` stays fast and torch-free
     "Session": ("edgekit.session", "Session"),
     "Generator": ("edgekit.generation", "Generator"),
     "profile": ("edgekit.profiling", "profile"),
+    "LlamaCppSweep": ("edgekit.llamacpp_sweep", "SweepSpace"),
     "passkey": ("edgekit.passkey", "passkey"),
     "report": ("edgekit.report", None),
     "errors": ("edgekit.errors", None),

@@ -219,6 +219,16 @@ def profile(
     decode_tokens: Optional[int] = typer.Option(None, help="model folders (export --with-decode) and .gguf: "
                                                 "generate N tokens after each prompt; adds TTFT, pp and tg "
                                                 "tokens/s (llama-bench style)"),
+    llamacpp_sweep: bool = typer.Option(False, "--llamacpp-sweep", help=".gguf models: tune llama.cpp (threads, "
+                                        "n_batch/n_ubatch, flash attention, KV-cache type, mmap) and keep the "
+                                        "fastest per length; every trial goes into --json"),
+    llamacpp_sweep_at: Optional[int] = typer.Option(None, "--llamacpp-sweep-at", help="tune once at this prompt "
+                                                    "length and apply the winner to every length [each length]"),
+    llamacpp_sweep_axis: Optional[List[str]] = typer.Option(None, "--llamacpp-sweep-axis", help="AXIS=V1,V2 "
+                                                            "(repeatable): the values to try, e.g. threads=1,2 "
+                                                            "batch=512/512,2048/512 fa=on,off kv=f16,q8_0 mmap=off"),
+    llamacpp_sweep_strategy: str = typer.Option("axes", "--llamacpp-sweep-strategy", help="axes: one axis at a time "
+                                                "from llama.cpp's defaults; grid: every combination"),
 ):
     """Latency, throughput and peak memory side by side, with ratios to the first model (any task).
 
@@ -231,10 +241,12 @@ def profile(
     gate = _gate_request(compare, fail_on)
     axes = dict(seq_lens=_int_list(seq_lens, "--seq-lens"), image_sizes=_int_list(image_sizes, "--image-sizes"),
                 batch_sizes=_int_list(batch_sizes, "--batch-sizes"))
+    sweep = _sweep_space(llamacpp_sweep, llamacpp_sweep_axis, llamacpp_sweep_strategy, threads)
     with _StepProgress(None) as step:
         results = run_profile(models, **axes, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
                               timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step,
-                              command=_command_line(), decode_tokens=decode_tokens)
+                              command=_command_line(), decode_tokens=decode_tokens, llamacpp_sweep=sweep,
+                              sweep_at=llamacpp_sweep_at)
     _emit(results, _profile_table(results), json_out, plot_out)
     if gate is None:
         return 0
@@ -243,6 +255,17 @@ def profile(
     comparison = gate(results)
     typer.echo("\n" + gates.markdown(comparison))
     return _gate_exit(comparison)
+
+
+def _sweep_space(enabled: bool, axes: Optional[List[str]], strategy: str, threads: Optional[int]):
+    """The llama.cpp sweep asked for, or None; its options without --llamacpp-sweep are an error."""
+    from edgekit.llamacpp_sweep import space_from
+
+    if not enabled:
+        if axes or strategy != "axes":
+            raise EdgekitError("--llamacpp-sweep-axis / --llamacpp-sweep-strategy need --llamacpp-sweep")
+        return None
+    return space_from(axes, strategy, threads)
 
 
 def _command_line() -> str:

@@ -10,45 +10,81 @@ import os
 from importlib import metadata
 from pathlib import Path
 
+from typing import Literal, Optional
+
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgekit.errors import EdgekitError, ModelLoadError, ShapeError, first_line
 # ---------------------------------------------------------------------------------------------------
 
+# a plain `pip install llama-cpp-python` compiles with -march=native, which dies (SIGILL) on VMs that
+# advertise AMX without enabling it
+INSTALL_HINT = "make setup-llamacpp (or python -m edgekit.llamacpp_build install) builds it for this CPU in several minutes"
 MIN_CONTEXT = 256  # llama.cpp pads n_ctx to a multiple of 256 anyway
 # llama.cpp's own defaults. n_batch: tokens per llama_decode call; n_ubatch: tokens per compute graph.
 # A micro-batch attends only to the keys before it, so smaller ones skip masked work and keep buffers
 # small: at 1024 tokens (llama-demo, 1 thread) 512 was ~10% faster than 1024. Re-measure on a quiet machine.
 MAX_BATCH = 2048
 MAX_UBATCH = 512
+# KV-cache type name (llama-bench's -ctk / -ctv) -> llama_cpp constant; a quantized V cache needs flash attention
+KV_TYPES = {"f16": "GGML_TYPE_F16", "bf16": "GGML_TYPE_BF16", "f32": "GGML_TYPE_F32", "q8_0": "GGML_TYPE_Q8_0",
+            "q4_0": "GGML_TYPE_Q4_0", "q4_1": "GGML_TYPE_Q4_1", "q5_0": "GGML_TYPE_Q5_0", "q5_1": "GGML_TYPE_Q5_1"}
+
+
+class LlamaCppSettings(BaseModel):
+    """The knobs llama-bench tunes: what one llama.cpp measurement ran with (None: the runner's default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    threads: Optional[int] = Field(None, ge=1)
+    n_batch: Optional[int] = Field(None, ge=1)
+    n_ubatch: Optional[int] = Field(None, ge=1)
+    flash_attn: bool = True
+    kv_type: Literal[tuple(KV_TYPES)] = "f16"
+    mmap: bool = False
+
+    @model_validator(mode="after")
+    def _ubatch_within_batch(self):
+        if self.n_batch and self.n_ubatch and self.n_ubatch > self.n_batch:
+            raise ValueError(f"n_ubatch {self.n_ubatch} > n_batch {self.n_batch} (a micro-batch splits a batch)")
+        return self
+
+    def label(self) -> str:
+        """`t2 b2048/512 fa kv=f16` (table cells and progress lines)."""
+        batch = f"b{self.n_batch or MAX_BATCH}/{self.n_ubatch or MAX_UBATCH}"
+        return " ".join([f"t{self.threads or _physical_cores()}", batch, "fa" if self.flash_attn else "no-fa",
+                         f"kv={self.kv_type}", *(["mmap"] if self.mmap else [])])
 
 
 def _import_llama_cpp():
     try:
         import llama_cpp
     except ImportError:
-        raise EdgekitError("llama.cpp baseline needs llama-cpp-python: pip install 'edgekit[llamacpp]'") from None
+        raise EdgekitError(f"llama.cpp baseline needs llama-cpp-python: {INSTALL_HINT}") from None
     return llama_cpp
 
 
 class LlamaCppRunner:
     """A GGUF model in llama.cpp (CPU), with the same interface as OnnxRunner.
 
-    Weights are read into memory at load (no mmap), so, as with ONNX Runtime, the memory a prefill adds
-    above the loaded model is activations and KV cache, not weight pages faulted in by the first run.
+    By default weights are read into memory at load (no mmap), so, as with ONNX Runtime, the memory a
+    prefill adds above the loaded model is activations and KV cache, not weight pages faulted in by the
+    first run; `settings.mmap` maps them instead (llama.cpp's own default), which a sweep may pick.
     """
 
     method = "llama.cpp"
 
-    def __init__(self, path: str, threads: int | None = None, n_ctx: int = 0, flash_attn: bool = True):
+    def __init__(self, path: str, threads: int | None = None, n_ctx: int = 0, flash_attn: bool = True,
+                 settings: LlamaCppSettings | None = None):
         llama_cpp = _import_llama_cpp()
         if not Path(path).is_file():
             raise ModelLoadError(f"model file not found: {path}")
         self.path = path
-        self.flash_attn = flash_attn
-        self.threads = threads or _physical_cores()
+        self.settings = settings or LlamaCppSettings(flash_attn=flash_attn)
+        self.flash_attn = self.settings.flash_attn
+        self.threads = self.settings.threads or threads or _physical_cores()
         context = max(n_ctx, MIN_CONTEXT) if n_ctx else 0  # 0: llama.cpp uses the trained context
-        self._llama = _load_llama(llama_cpp, path, context, self.threads, flash_attn)
+        self._llama = _load_llama(llama_cpp, path, context, self.threads, self.settings)
         self._ctx = self._llama.ctx
         self._lib = llama_cpp
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
@@ -97,19 +133,35 @@ class LlamaCppRunner:
         return np.ctypeslib.as_array(pointer, shape=(self.vocab_size,)).copy()
 
     def describe(self) -> dict:
+        """The settings this runner measured with (as llama.cpp applied them) and how llama.cpp was built."""
         return {"engine": "llama.cpp+fa" if self.flash_attn else "llama.cpp", "flash_attn": self.flash_attn,
                 "threads": self.threads, "n_ctx": self.n_ctx, "n_batch": self.n_batch, "n_ubatch": self.n_ubatch,
-                "mmap": False, "llama_cpp": _llama_cpp_version()}
+                "kv_type": self.settings.kv_type, "mmap": self.settings.mmap, "llama_cpp": _llama_cpp_version(),
+                "build": build_info(self._lib)}
 
 
-def _load_llama(llama_cpp, path: str, context: int, threads: int, flash_attn: bool):
+def build_info(llama_cpp) -> dict:
+    """What the loaded library says it was compiled for (ISA features) and the CMAKE flags, when recorded."""
+    from edgekit.llamacpp_build import installed_build
+
+    system_info = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    return {**installed_build(), "system_info": system_info}
+
+
+def _load_llama(llama_cpp, path: str, context: int, threads: int, settings: LlamaCppSettings):
     """Llama caps n_batch at n_ctx and n_ubatch at n_batch itself (after reading the trained context)."""
+    kv = getattr(llama_cpp, KV_TYPES[settings.kv_type])
     try:
-        return llama_cpp.Llama(model_path=path, n_ctx=context, n_batch=MAX_BATCH, n_ubatch=MAX_UBATCH,
-                               n_threads=threads, n_threads_batch=threads, flash_attn=flash_attn,
-                               use_mmap=False, verbose=False)
+        return llama_cpp.Llama(model_path=path, n_ctx=context, n_batch=settings.n_batch or MAX_BATCH,
+                               n_ubatch=settings.n_ubatch or MAX_UBATCH, n_threads=threads,
+                               n_threads_batch=threads, flash_attn=settings.flash_attn, type_k=kv, type_v=kv,
+                               use_mmap=settings.mmap, verbose=False)
     except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError with one-line reasons
         reason = first_line(exc).replace(f": {path}", "")
+        if "llama_context" in reason:  # the model loaded; these settings do not fit it
+            raise ModelLoadError(f"llama.cpp loaded {path} but cannot create a context with {settings.label()} "
+                                 f"({reason}): e.g. a quantized KV cache needs flash attention and a head size "
+                                 "that is a multiple of its block") from None
         raise ModelLoadError(f"llama.cpp cannot load {path} ({reason}): is it a complete GGUF file of an "
                              "architecture this llama.cpp knows?") from None
 

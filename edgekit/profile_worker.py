@@ -76,11 +76,16 @@ def _gpu_peak(ep: str):
 
 
 def measure(model: str, workload: dict, repeat: int, warmup: int, ep: str, threads: int | None,
-            seed: int, decode_tokens: int = 0) -> dict:
+            seed: int, decode_tokens: int = 0, llamacpp: dict | None = None) -> dict:
     from edgekit.runners import runner_for
 
+    settings = None
+    if llamacpp is not None:
+        from edgekit.llamacpp import LlamaCppSettings
+
+        settings = LlamaCppSettings.model_validate(llamacpp)
     runner = runner_for(model, ep=ep, threads=threads, context=workload.get("seq_len", 0),
-                        decode_tokens=decode_tokens)
+                        decode_tokens=decode_tokens, llamacpp=settings)
     loaded = psutil.Process().memory_info().rss
     exact_peak = _reset_peak_rss()
     feeds = runner.feeds(workload, seed)
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory-limit-mb", type=float, default=None)
     parser.add_argument("--decode-tokens", type=int, default=0)
+    parser.add_argument("--llamacpp", type=json.loads, default=None, help="LlamaCppSettings as JSON (.gguf)")
     args = parser.parse_args(argv)
     limit = args.memory_limit_mb * 1e6 if args.memory_limit_mb else psutil.virtual_memory().total * 0.9
     base = row_base(args.model, args.workload)
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = measure(args.model, args.workload, args.repeat, args.warmup, args.ep, args.threads, args.seed,
-                         args.decode_tokens)
+                         args.decode_tokens, args.llamacpp)
     except MemoryError:
         result = {**base, "status": "oom", "error": "MemoryError"}
     except EdgekitError as exc:

@@ -30,7 +30,7 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
             repeat: int = 3, warmup: int = 1, ep: str = "cpu", threads: int | None = None,
             timeout_s: float | None = None, memory_limit_mb: float | None = None,
             on_step: Progress | None = None, command: str | None = None,
-            decode_tokens: int | None = None) -> dict:
+            decode_tokens: int | None = None, llamacpp_sweep=None, sweep_at: int | None = None) -> dict:
     """Measure every (model, workload); the first model is the baseline the ratios refer to.
 
     `command` is the command line recorded as provenance (the CLI passes sys.argv); the API records
@@ -40,19 +40,21 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
     `image_sizes` for image models, `batch_sizes` for every kind. A point that runs out of memory, fails
     or times out is recorded with its status; the sweep goes on. `decode_tokens` (model folders and .gguf
     files) times generation too: each run is the prompt, then that many new tokens (pp, tg and TTFT).
+
+    `llamacpp_sweep` (a `SweepSpace`) tunes every .gguf model's llama.cpp settings and keeps the fastest
+    per length (edgekit/llamacpp_sweep.py); with `sweep_at` it tunes once at that length and applies the
+    winner to every length. Every trial is kept under the results' `llamacpp_sweeps`.
     """
     models = check_request(models, ep, repeat=repeat, warmup=warmup, threads=threads, timeout=timeout_s,
-                           memory_limit_mb=memory_limit_mb, decode_tokens=decode_tokens)
+                           memory_limit_mb=memory_limit_mb, decode_tokens=decode_tokens, sweep_at=sweep_at)
     task = get_task(common_task(models))
     workloads = task.workloads(seq_len=seq_lens, image_size=image_sizes, batch_size=batch_sizes)
     check_workloads(models, task, workloads)
-    results = []
-    for workload in workloads:  # workload-major: models at one workload run close together in time
-        for model in models:
-            if on_step:
-                on_step(f"{Path(model).name} @ {describe(workload)}", len(results), len(workloads) * len(models))
-            results.append(_measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s,
-                                                  memory_limit_mb, decode_tokens))
+    check_sweep(models, llamacpp_sweep, sweep_at, decode_tokens, workloads)
+    measure = functools.partial(_measure_in_subprocess, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
+                                timeout_s=timeout_s, memory_limit_mb=memory_limit_mb, decode_tokens=decode_tokens)
+    steps = _Steps(on_step, _step_count(models, workloads, llamacpp_sweep, sweep_at))
+    results, sweeps = _measure_all(models, workloads, measure, steps, llamacpp_sweep, sweep_at)
     results.sort(key=lambda r: models.index(r["model"]))  # stable: grouped by model, workloads in order
     for row in results:
         row.setdefault("task", task.name)
@@ -63,9 +65,111 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
                 "memory": "RSS high-water mark above the loaded model, fresh process per model and workload"}
     if "seq_len" in task.axes:
         settings["seq_lens"] = sorted({w["seq_len"] for w in workloads})
+    if llamacpp_sweep is not None:
+        settings["llamacpp_sweep"] = {**llamacpp_sweep.describe(), "sweep_at": sweep_at}
     env = environment(ep, threads)
     env["command"] = command or _api_call(models, seq_lens, image_sizes, batch_sizes, repeat, warmup, ep, threads)
-    return {"results": results, "environment": env, "settings": settings}
+    report = {"results": results, "environment": env, "settings": settings}
+    if sweeps:
+        report["llamacpp_sweeps"] = sweeps
+    return report
+
+
+class _Steps:
+    """Counts measurements (profile points and sweep trials alike) for the progress callback."""
+
+    def __init__(self, on_step: Progress | None, total: int):
+        self.on_step, self.total, self.done = on_step, total, 0
+
+    def __call__(self, label: str) -> None:
+        if self.on_step:
+            self.on_step(label, self.done, self.total)
+        self.done += 1
+
+
+def _step_count(models, workloads, space, sweep_at) -> int:
+    """How many worker processes the request starts: one per point, one per sweep trial."""
+    ggufs = len(_ggufs(models)) if space is not None else 0
+    plain = (len(models) - ggufs) * len(workloads)
+    if not ggufs:
+        return plain
+    if sweep_at is None:
+        return plain + ggufs * len(workloads) * space.trial_count()
+    reused = sum(w == _sweep_workload(sweep_at) for w in workloads)
+    return plain + ggufs * (space.trial_count() + len(workloads) - reused)
+
+
+def _ggufs(models) -> list[str]:
+    return [m for m in models if Path(m).suffix == ".gguf"]
+
+
+def _sweep_workload(sweep_at: int) -> dict:
+    return {"seq_len": sweep_at}
+
+
+def _measure_all(models, workloads, measure, steps, space, sweep_at) -> tuple[list[dict], list[dict]]:
+    """Every (workload, model) row, workload-major (models at one workload run close together in time);
+    .gguf models through the llama.cpp sweep when one is asked for. Returns (rows, sweep records)."""
+    tuned = {m: _tune(m, _sweep_workload(sweep_at), space, measure, steps)
+             for m in _ggufs(models)} if space is not None and sweep_at else {}
+    results, sweeps = [], list(tuned.values())
+    for workload in workloads:
+        for model in models:
+            label = f"{Path(model).name} @ {describe(workload)}"
+            if space is None or Path(model).suffix != ".gguf":
+                steps(label)
+                results.append(measure(model, workload))
+            elif model in tuned:
+                results.append(_apply(tuned[model], model, workload, measure, steps, label))
+            else:
+                record = _tune(model, workload, space, measure, steps)
+                sweeps.append(record)
+                results.append(_apply(record, model, workload, measure, steps, label))
+    for record in sweeps:
+        del record["rows"], record["winner"]
+    return results, sweeps
+
+
+def _tune(model, workload, space, measure, steps) -> dict:
+    from edgekit.llamacpp_sweep import tune
+
+    label = f"{Path(model).name} @ {describe(workload)}"
+    record = tune(space, lambda s: measure(model, workload, llamacpp=s.model_dump()),
+                  on_trial=lambda s: steps(f"tuning {label}: {s.label()}"))
+    return {"model": model, "workload": workload, **record}
+
+
+def _apply(record: dict, model, workload, measure, steps, label) -> dict:
+    """The row of a .gguf at one workload with the sweep's winner: the winning trial itself at the length
+    it was tuned at, a fresh measurement elsewhere, an error row when no setting ran."""
+    base = row_base(model, workload)
+    if record["chosen"] is None:
+        errors = {t.get("error") for t in record["trials"]} - {None}
+        return {**base, "method": "llama.cpp", "status": "error", "error": f"every llama.cpp setting failed when "
+                f"tuning at {describe(record['workload'])} ({'; '.join(sorted(errors))[:200]})"}
+    if workload == record["workload"]:
+        row = record["rows"][record["winner"]]
+    else:
+        steps(f"{label}: {record['strategy']} winner")
+        row = measure(model, workload, llamacpp=record["chosen"])
+    row["llamacpp_sweep"] = {"tuned_at": record["workload"], "strategy": record["strategy"],
+                             "trials": len(record["trials"]), "chosen": record["chosen"]}
+    return row
+
+
+def check_sweep(models, space, sweep_at, decode_tokens, workloads) -> None:
+    """A sweep needs a .gguf to tune; it tunes prefill, so generation timing is a separate request."""
+    if space is None:
+        if sweep_at is not None:
+            raise ProfileError("sweep_at (--llamacpp-sweep-at) needs a llama.cpp sweep (--llamacpp-sweep)")
+        return
+    if not _ggufs(models):
+        raise ProfileError("--llamacpp-sweep tunes llama.cpp, but no model is a .gguf file or a packaged model name "
+                           "(e.g. smollm2-135m)")
+    if decode_tokens:
+        raise ProfileError("--llamacpp-sweep tunes the prefill; time generation (--decode-tokens) in a separate run")
+    if any("seq_len" not in w for w in workloads):
+        raise ProfileError("--llamacpp-sweep tunes token models (--seq-lens)")
 
 
 def _api_call(models, seq_lens, image_sizes, batch_sizes, repeat, warmup, ep, threads) -> str:
@@ -162,7 +266,7 @@ def check_request(models, ep: str = "cpu", **settings) -> list[str]:
 _SETTINGS = {"repeat": (lambda v: v >= 1, ">= 1"), "warmup": (lambda v: v >= 0, ">= 0"),
              "trials": (lambda v: v >= 1, ">= 1"), "threads": (lambda v: v >= 1, ">= 1"),
              "timeout": (lambda v: v > 0, "> 0"), "memory_limit_mb": (lambda v: v > 0, "> 0"),
-             "decode_tokens": (lambda v: v >= 1, ">= 1")}
+             "decode_tokens": (lambda v: v >= 1, ">= 1"), "sweep_at": (lambda v: v >= 1, ">= 1")}
 
 
 def check_settings(**settings) -> None:
@@ -193,8 +297,10 @@ def _check_model_file(model: str, decode_tokens: int | None = None) -> None:
         raise ProfileError(f"cannot profile {model}: expected an .onnx / .ort (ONNX Runtime) or .gguf (llama.cpp) "
                            "file")
     elif find_spec("llama_cpp") is None:
+        from edgekit.llamacpp import INSTALL_HINT
+
         raise ProfileError(f"{model} runs in llama.cpp, but llama-cpp-python is not installed: "
-                           f"pip install -e '.[llamacpp]' (it compiles for several minutes)")
+                           f"{INSTALL_HINT}")
 
 
 def _check_onnx_file(path: str) -> None:
@@ -205,9 +311,11 @@ def _check_onnx_file(path: str) -> None:
 
 
 def _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s, memory_limit_mb,
-                           decode_tokens=None) -> dict:
+                           decode_tokens=None, llamacpp: dict | None = None) -> dict:
     cmd = [sys.executable, "-m", "edgekit.profile_worker", model, json.dumps(workload), "--repeat", str(repeat),
            "--warmup", str(warmup), "--ep", ep, "--decode-tokens", str(decode_tokens or 0)]
+    if llamacpp is not None:
+        cmd += ["--llamacpp", json.dumps(llamacpp)]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     if memory_limit_mb is not None:

@@ -35,6 +35,45 @@ class Throughput(BaseModel):
     unit: str
 
 
+class SweepSettings(BaseModel):
+    """One llama.cpp setting a sweep tried (edgekit.llamacpp.LlamaCppSettings, as written)."""
+
+    threads: int
+    n_batch: int
+    n_ubatch: int
+    flash_attn: bool
+    kv_type: str
+    mmap: bool
+
+
+class SweepTrial(BaseModel):
+    axis: str  # the axis this trial varied ("start", "grid" or an axis name)
+    settings: SweepSettings
+    status: Literal["ok", "oom", "error", "timeout"]
+    median_ms: Optional[float] = None
+    peak_rss_mb: Optional[float] = None
+    error: Optional[str] = None
+
+
+class Sweep(BaseModel):
+    """A llama.cpp sweep of one model at one workload: every trial, and the winner (None: none ran)."""
+
+    model: str
+    workload: dict[str, int]
+    strategy: Literal["axes", "grid"]
+    trials: list[SweepTrial]
+    chosen: Optional[SweepSettings]
+
+
+class RowSweep(BaseModel):
+    """On a row measured with a sweep's winner: where it was tuned and what won."""
+
+    tuned_at: dict[str, int]
+    strategy: str
+    trials: int
+    chosen: SweepSettings
+
+
 class _Row(BaseModel):
     """Fields every profile row has; files from before workloads existed hold `seq_len` only."""
 
@@ -46,6 +85,7 @@ class _Row(BaseModel):
     seq_len: Optional[int] = None
     error: Optional[str] = None
     throughput: Optional[Throughput] = None
+    llamacpp_sweep: Optional[RowSweep] = None
 
     @model_validator(mode="after")
     def _has_workload(self):
@@ -71,6 +111,7 @@ class ResultsFile(BaseModel):
     results: list[Annotated[Union[OkRow, FailedRow], Field(discriminator="status")]]
     settings: dict = {}
     environment: dict = {}
+    llamacpp_sweeps: list[Sweep] = []
 
 
 def load_results(path: str) -> dict:
@@ -186,6 +227,8 @@ def markdown(report: dict) -> str:
         ("peak MB", True, lambda i, r: _fmt(r.get("peak_rss_mb"), "{:.0f}")),
         *([("throughput", True, lambda i, r: _throughput(r))] if any(r.get("throughput") for r in results) else []),
         *(GENERATION_COLUMNS if any(r.get("tg_tokens_per_s") for r in results) else []),
+        *([("llama.cpp settings", False, lambda i, r: _sweep_cell(r))] if any(r.get("llamacpp_sweep") for r in results)
+          else []),
         ("speedup vs baseline", True, lambda i, r: _fmt(r.get("speedup_vs_baseline"), "{:.2f}x")),
         ("memory vs baseline", True, lambda i, r: _fmt(r.get("memory_ratio_vs_baseline"), "{:.2f}x")),
     ]
@@ -196,12 +239,33 @@ def markdown(report: dict) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n" + _footer(report, names[baseline])
 
 
+def _sweep_cell(row: dict) -> str:
+    """`t2 b2048/512 fa kv=f16 (best of 7 at 2048 tokens)`: the settings a llama.cpp sweep chose."""
+    sweep = row.get("llamacpp_sweep")
+    if not sweep:
+        return "—"
+    from edgekit.llamacpp import LlamaCppSettings
+
+    where = "" if sweep["tuned_at"] == workload_of(row) else f" at {workload_label({'workload': sweep['tuned_at']})}"
+    return f"{LlamaCppSettings(**sweep['chosen']).label()} (best of {sweep['trials']}{where})"
+
+
 def _footer(report: dict, baseline: str) -> str:
     env = report.get("environment", {})
     ep = env.get("execution_provider", {})
     return (f"\n{env.get('cpu', '?')}, {env.get('logical_cores', '?')} logical cores, "
             f"{env.get('memory_gb', '?')} GB; ONNX Runtime {env.get('versions', {}).get('onnxruntime', '?')} "
-            f"profile '{ep.get('profile', '?')}'; baseline: {baseline}")
+            f"profile '{ep.get('profile', '?')}'; baseline: {baseline}" + _llamacpp_build_line(report))
+
+
+def _llamacpp_build_line(report: dict) -> str:
+    """How the llama.cpp that measured the .gguf rows was built: compiled ISA features and CMAKE flags."""
+    build = next((r["runner"]["build"] for r in report["results"] if (r.get("runner") or {}).get("build")), None)
+    if build is None:
+        return ""
+    features = build.get("system_info", "?").replace("CPU : ", "").replace(" = 1", "").replace(" |", "").strip()
+    flags = " ".join(build["cmake_args"]) if build.get("cmake_args") else "not recorded (not built by setup-llamacpp)"
+    return f"\nllama.cpp {build.get('version', '?')}: compiled for {features}; CMAKE_ARGS: {flags}"
 
 
 def varying_axis(results: list[dict]) -> str:

@@ -48,10 +48,10 @@ class OnnxRunner:
 class LlamaCppPrefill:
     """llama.cpp's prefill of a GGUF file, as a text-generation runner."""
 
-    def __init__(self, path: str, threads: int | None = None, context: int = 0):
+    def __init__(self, path: str, threads: int | None = None, context: int = 0, settings=None):
         from edgekit.llamacpp import LlamaCppRunner
 
-        self.llama = LlamaCppRunner(path, threads=threads, n_ctx=context)
+        self.llama = LlamaCppRunner(path, threads=threads, n_ctx=context, settings=settings)
         self.task = get_task("text-generation")
         self.method = self.llama.method
 
@@ -116,9 +116,11 @@ class LlamaCppGeneration(LlamaCppPrefill, GenerationFigures):
         return feeds
 
 
-def runner_for(path: str, ep: str = "cpu", threads: int | None = None, context: int = 0, decode_tokens: int = 0):
+def runner_for(path: str, ep: str = "cpu", threads: int | None = None, context: int = 0, decode_tokens: int = 0,
+               llamacpp=None):
     """Pick the runner by file type: .onnx / .ort (compiled) -> ONNX Runtime, .gguf -> llama.cpp (context:
-    longest prompt), an edgekit model folder -> its prefill, or prefill + `decode_tokens` generated."""
+    longest prompt; `llamacpp`: its LlamaCppSettings), an edgekit model folder -> its prefill, or prefill +
+    `decode_tokens` generated."""
     from edgekit.model_folder import MANIFEST, PREFILL
 
     suffix = Path(path).suffix
@@ -132,6 +134,6 @@ def runner_for(path: str, ep: str = "cpu", threads: int | None = None, context: 
     if suffix in (".onnx", ".ort"):
         return OnnxRunner(path, ep=ep, threads=threads)
     if suffix == ".gguf":
-        return LlamaCppPrefill(path, threads=threads, context=context)
+        return LlamaCppPrefill(path, threads=threads, context=context, settings=llamacpp)
     raise ModelLoadError(f"cannot profile {path}: expected an .onnx / .ort (ONNX Runtime) or .gguf (llama.cpp) "
                           "file")
