@@ -8,14 +8,33 @@ from transformers import MistralConfig
 
 from ..registry import register
 from .causal_lm import CausalLMFamily
+from .gguf_writer import check_common, llama_rope_layout
 
 
 @register("MistralForCausalLM")
 class Mistral(CausalLMFamily):
     model_type = "mistral"
     config_class = MistralConfig
+    gguf_arch = "LLAMA"  # as llama.cpp's own converter writes Mistral
     presets = {
         "mistral-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=48,
                              max_position_embeddings=32768),
     }
+
+    @classmethod
+    def gguf_check(cls, config) -> None:
+        check_common(config, cls.gguf_activations, "llama")
+
+    @classmethod
+    def gguf_keys(cls, config) -> dict:
+        """llama.cpp's llama architecture attends to every earlier key: within the window that is the same
+        function, so a windowed model's GGUF states the window as its context length."""
+        from gguf import Keys
+
+        window = getattr(config, "sliding_window", None)
+        return {Keys.LLM.CONTEXT_LENGTH: min(window, config.max_position_embeddings)} if window else {}
+
+    @classmethod
+    def gguf_tensor(cls, name, array, config):
+        return llama_rope_layout(name, array, config)

@@ -13,6 +13,7 @@ from .causal_lm import CausalLMFamily
 class Phi3(CausalLMFamily):
     model_type = "phi3"
     config_class = Phi3Config
+    gguf_arch = "PHI3"
     presets = {
         "phi3-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
