@@ -47,5 +47,5 @@ def export_gguf(model: str, output: str, gguf_type: str = "f32", *, weights: str
 
 def check_llm(family, model: str) -> None:
     if family.kind != "llm":
-        raise UnsupportedModelError(f"--format gguf writes decoder LLMs (llama.cpp runs those); '{model}' is a "
-                                    f"{family.task} model ({family.__name__}): export it as ONNX")
+        raise UnsupportedModelError(f"--format gguf writes decoder LLMs (llama.cpp runs those); '{model}' is "
+                                    f"a {family.__name__} model (task {family.task}): export it as ONNX")
