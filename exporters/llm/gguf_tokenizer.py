@@ -25,7 +25,9 @@ def tokenizer_writer(source: Path | None, vocab_size: int):
     if not any((source / name).is_file() for name in HF_TOKENIZER_FILES):
         return (lambda writer: add_placeholder_vocab(writer, vocab_size)), "placeholder vocabulary"
     vocab = hf_vocab(source, vocab_size)
-    return (lambda writer: _add_hf_vocab(writer, *vocab)), f"tokenizer of {source.name}/"
+    pre = vocab[3]
+    note = "" if pre != "default" else " (pre-tokenizer not recognised: llama.cpp splits text its default way)"
+    return (lambda writer: _add_hf_vocab(writer, *vocab)), f"tokenizer of {source.name}/{note}"
 
 
 def add_placeholder_vocab(writer, vocab_size: int) -> None:
@@ -74,7 +76,8 @@ def _add_fields(writer, fields) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 def hf_vocab(folder: Path, vocab_size: int):
-    """(vocab, special vocab) of a folder's tokenizer files: byte-level BPE or SentencePiece."""
+    """(vocab, special vocab, size, llama.cpp pre-tokenizer, added tokens) of a folder's tokenizer files:
+    byte-level BPE or SentencePiece."""
     from gguf.vocab import BpeVocab, LlamaHfVocab, SpecialVocab
 
     errors = []
@@ -89,16 +92,36 @@ def hf_vocab(folder: Path, vocab_size: int):
     if vocab.vocab_size > vocab_size:
         raise ModelLoadError(f"the tokenizer in {folder} has {vocab.vocab_size} tokens, the model {vocab_size}")
     special = SpecialVocab(folder, load_merges=vocab.tokenizer_model == "gpt2", n_vocab=vocab_size)
-    return vocab, special, vocab_size
+    config = _tokenizer_json(folder)
+    added = {item["content"]: item.get("special", False) for item in config.get("added_tokens", [])}
+    return vocab, special, vocab_size, pre_tokenizer(config) if vocab.tokenizer_model == "gpt2" else None, added
 
 
-def _add_hf_vocab(writer, vocab, special, vocab_size: int) -> None:
-    """Tokens padded to the model's vocabulary with unused ones, as llama.cpp's converter pads."""
+def _tokenizer_json(folder: Path) -> dict:
+    import json
+
+    path = folder / "tokenizer.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def pre_tokenizer(config: dict) -> str:
+    """llama.cpp's name for a byte-level BPE's pre-tokenizer: GPT-2's regex split alone is "gpt-2"; others
+    are not recognised here ("default")."""
+    pre = config.get("pre_tokenizer") or {}
+    return "gpt-2" if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) else "default"
+
+
+def _add_hf_vocab(writer, vocab, special, vocab_size: int, pre: str | None, added: dict[str, bool]) -> None:
+    """Tokens padded to the model's vocabulary with unused ones, as llama.cpp's converter pads; added
+    tokens typed as control (special) or user-defined, so llama.cpp matches them whole."""
     from gguf import TokenType
 
     tokens, scores, types = [], [], []
     for text, score, kind in vocab.all_tokens():
-        tokens.append(text.decode("utf-8") if isinstance(text, bytes) else text)
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        if text in added:
+            kind = TokenType.CONTROL if added[text] else TokenType.USER_DEFINED
+        tokens.append(text)
         scores.append(float(score))
         types.append(int(kind))
     for i in range(len(tokens), vocab_size):
@@ -106,8 +129,8 @@ def _add_hf_vocab(writer, vocab, special, vocab_size: int) -> None:
         scores.append(-1000.0)
         types.append(int(TokenType.UNUSED))
     writer.add_tokenizer_model(vocab.tokenizer_model)
-    if vocab.tokenizer_model == "gpt2":
-        writer.add_tokenizer_pre("default")  # llama.cpp's generic byte-level pre-tokenizer
+    if pre:
+        writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
