@@ -303,3 +303,21 @@ def test_gemma3_local_rope_base_and_query_scale_reach_llama_cpp(tmp_path):
     with torch.no_grad():
         want = model(torch.from_numpy(ids)[None]).logits[0].numpy()
     assert np.abs(got - want).max() <= LOGIT_TOLERANCE["f32"] * np.abs(want).max()
+
+
+def test_phi3_window_becomes_the_context_length(tmp_path):
+    family, model = _variant("phi3-tiny", sliding_window=40)
+    assert _fields(write_gguf(family, model, tmp_path / "p.gguf"))["phi3.context_length"] == 40
+
+
+def test_phi3_partial_rotary_reaches_llama_cpp(tmp_path):
+    pytest.importorskip("llama_cpp")
+    family, model = _variant("phi3-tiny", rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                           "partial_rotary_factor": 0.5})
+    path = write_gguf(family, model, tmp_path / "p.gguf")
+    assert _fields(path)["phi3.rope.dimension_count"] == 8
+    ids = np.random.default_rng(2).integers(0, 512, size=100)
+    got = _all_logits(str(path), ids)
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids)[None]).logits[0].numpy()
+    assert np.abs(got - want).max() <= LOGIT_TOLERANCE["f32"] * np.abs(want).max()

@@ -212,6 +212,16 @@ def llama_rope_layout(name: str, array: np.ndarray, config) -> np.ndarray:
     return rope_interleave(array, getattr(config, attr) or config.num_attention_heads)
 
 
+def window_as_context(config) -> dict:
+    """For architectures llama.cpp runs without a window (llama, phi3) although the model has one on every
+    layer: within the window full attention is the same function, so the GGUF states the window as its
+    context length."""
+    from gguf import Keys
+
+    window = getattr(config, "sliding_window", None)
+    return {Keys.LLM.CONTEXT_LENGTH: min(window, config.max_position_embeddings)} if window else {}
+
+
 def window_period(config) -> int | None:
     """The period p of a local/global layer pattern as llama.cpp states it (layer i global iff
     i % p == p - 1), or None when the model's layer types follow no such period."""

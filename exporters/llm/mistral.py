@@ -8,7 +8,7 @@ from transformers import MistralConfig
 
 from ..registry import register
 from .causal_lm import CausalLMFamily
-from .gguf_writer import check_common, llama_rope_layout
+from .gguf_writer import check_common, llama_rope_layout, window_as_context
 
 
 @register("MistralForCausalLM")
@@ -28,12 +28,7 @@ class Mistral(CausalLMFamily):
 
     @classmethod
     def gguf_keys(cls, config) -> dict:
-        """llama.cpp's llama architecture attends to every earlier key: within the window that is the same
-        function, so a windowed model's GGUF states the window as its context length."""
-        from gguf import Keys
-
-        window = getattr(config, "sliding_window", None)
-        return {Keys.LLM.CONTEXT_LENGTH: min(window, config.max_position_embeddings)} if window else {}
+        return window_as_context(config)  # llama.cpp's llama architecture has no window
 
     @classmethod
     def gguf_tensor(cls, name, array, config):

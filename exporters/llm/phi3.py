@@ -7,6 +7,7 @@ from transformers import Phi3Config
 
 from ..registry import register
 from .causal_lm import CausalLMFamily
+from .gguf_writer import check_common, window_as_context
 
 
 @register("Phi3ForCausalLM")
@@ -20,3 +21,11 @@ class Phi3(CausalLMFamily):
                           original_max_position_embeddings=32768, pad_token_id=0, bos_token_id=1,
                           eos_token_id=2),
     }
+
+    @classmethod
+    def gguf_check(cls, config) -> None:
+        check_common(config, cls.gguf_activations, "phi3")
+
+    @classmethod
+    def gguf_keys(cls, config) -> dict:
+        return window_as_context(config)  # llama.cpp runs phi3 without its window (Phi-3-mini has 2047)
