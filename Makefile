@@ -53,7 +53,7 @@ setup-llamacpp: setup
 test-llamacpp: setup-llamacpp
 	EDGEKIT_REQUIRE_LLAMACPP=1 $(BIN)/python -m pytest -q -m llamacpp
 	mkdir -p $(CI_DIR)
-	$(BIN)/edgekit gguf llama-tiny -o $(CI_DIR)/llama-tiny.gguf
+	$(BIN)/edgekit export llama-tiny --format gguf -o $(CI_DIR)/llama-tiny.gguf
 	$(BIN)/edgekit profile $(CI_DIR)/llama-tiny.gguf --seq-lens 256,1024 --repeat 3 --llamacpp-sweep \
 	    --llamacpp-sweep-at 256 --llamacpp-sweep-axis kv=f16 --json $(CI_DIR)/llamacpp.json
 	$(BIN)/edgekit report $(CI_DIR)/llamacpp.json -o $(CI_DIR)/llamacpp.md

@@ -83,7 +83,10 @@ def _parse_options(pairs: List[str]) -> dict:
 @app.command()
 def export(
     model: str = typer.Argument(..., help="preset name, packaged model, Hugging Face folder or .gguf file"),
-    output: str = typer.Option(..., "-o", "--output", help="ONNX file to write"),
+    output: str = typer.Option(..., "-o", "--output", help="ONNX file to write (a .gguf with --format gguf)"),
+    file_format: str = typer.Option("onnx", "--format", help="onnx, or gguf: the dense LLM for llama.cpp (its "
+                                                              "exact weights and, where the source has one, tokenizer)"),
+    gguf_type: Optional[str] = typer.Option(None, help="--format gguf: matrices in f32, f16 or q8_0 [f32]"),
     method: Optional[str] = typer.Option(None, help="a method of the model's family (`edgekit models`): dense, "
                                                     "dhsa, hilo, codebook, ... [the family's baseline]"),
     weights: Optional[Path] = typer.Option(None, help="local checkpoint (.safetensors, or a state-dict .pth) "
@@ -122,6 +125,16 @@ def export(
         options["adaptive_chunks"] = 0
     if plain_mean:
         options["length_scaled"] = 0
+    if file_format == "gguf":
+        if method not in (None, "dense"):
+            raise EdgekitError(f"--format gguf writes the dense model (llama.cpp runs its own attention): --method "
+                               f"{method} does not apply")
+        extra = dict(options, atol=atol, with_decode=with_decode or None)
+        return _export_gguf(model, output, gguf_type, weights, [k for k, v in extra.items() if v is not None])
+    if file_format != "onnx":
+        raise EdgekitError(f"unknown --format '{file_format}': onnx or gguf")
+    if gguf_type is not None:
+        raise EdgekitError("--gguf-type applies to --format gguf only")
     if with_decode:
         return _export_folder(model, output, method, weights, atol, options)
     check_writable(output)
@@ -134,6 +147,19 @@ def export(
     check = ", ".join(f"{k} {v}" for k, v in result.check_workload.items())
     typer.echo(f"check: max |ONNX Runtime - PyTorch| = {result.max_abs_error:.2e} (worst output "
                f"'{result.worst_output}', {check}; tolerance {result.tolerance:.0e} x max|output|)")
+
+
+def _export_gguf(model: str, output: str, gguf_type: str | None, weights, not_applying: list[str]) -> None:
+    from edgekit.gguf_export import export_gguf
+
+    if not_applying:
+        names = ", ".join("--" + name.replace("_", "-") for name in not_applying)
+        raise EdgekitError(f"--format gguf writes the dense model as it is, with no ONNX check: {names} "
+                           "do not apply")
+    with err.status(f"writing {model} as GGUF ({gguf_type or 'f32'})"):
+        result = export_gguf(model, output, gguf_type or "f32", weights=str(weights) if weights else None)
+    typer.echo(f"wrote {result.path} ({result.size_mb:.1f} MB): {result.model}, llama.cpp architecture {result.arch}, "
+               f"{result.gguf_type}, {result.tensors} tensors, {result.vocabulary}")
 
 
 def _export_folder(model: str, output: str, method, weights, atol, options: dict) -> None:
@@ -494,23 +520,6 @@ def _demo_steps(showcases, output_dir: Path, repeat: int):
                               on_step=lambda label, done, total: status.update(f"profiling {label} "
                                                                                f"({done + 1}/{total})"))
         yield from steps
-
-
-@app.command("gguf")
-def gguf_cmd(
-    model: str = typer.Argument(..., help="Llama-family preset, Hugging Face folder or .gguf file"),
-    output: str = typer.Option(..., "-o", "--output", help="GGUF file to write (f32)"),
-):
-    """Write a model's exact weights as an f32 GGUF: the llama.cpp baseline for `edgekit profile`."""
-    from edgekit.exporters.sources import load
-    from edgekit.exporters.llm.gguf_writer import write_gguf
-
-    check_writable(output)
-    with err.status(f"writing {model} as GGUF"):
-        _, hf_model, name = load(model)
-        path = write_gguf(hf_model, output, name=name)
-    size_mb = path.stat().st_size / 1e6
-    typer.echo(f"wrote {path} ({size_mb:.1f} MB): {name}, f32, for llama.cpp (profile it beside the ONNX export)")
 
 
 @app.command("passkey")

@@ -1,4 +1,4 @@
-"""llama.cpp baseline: GGUF writing (always) and the llama.cpp runner (only with llama-cpp-python)."""
+"""llama.cpp baseline: the llama.cpp runner (only with llama-cpp-python). Writing GGUFs: test_gguf.py."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from gguf import GGUFReader
 from transformers import LlamaConfig, LlamaForCausalLM
-from typer.testing import CliRunner
 
 from edgekit import llamacpp
-from edgekit.errors import EdgekitError, ModelLoadError, ShapeError, UnsupportedModelError
+from edgekit.errors import EdgekitError, ModelLoadError, ShapeError
+from edgekit.exporters.llm.llama import Llama
 from edgekit.exporters.sources import load
-from edgekit.exporters.llm.gguf_writer import rope_interleave, write_gguf
+from edgekit.exporters.llm.gguf_writer import write_gguf
 from edgekit.llamacpp import LlamaCppRunner
 
 # llama.cpp keeps the KV cache in f16 and sums in another order: measured max |diff| <= 3.5e-4 x max|logit|
@@ -32,7 +31,7 @@ def tiny_model():
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_model, tmp_path_factory):
-    return str(write_gguf(tiny_model, tmp_path_factory.mktemp("gguf") / "llama-tiny.gguf", name="llama-tiny"))
+    return str(write_gguf(Llama, tiny_model, tmp_path_factory.mktemp("gguf") / "llama-tiny.gguf", name="llama-tiny"))
 
 
 def _tied_model():
@@ -40,82 +39,7 @@ def _tied_model():
     return LlamaForCausalLM(LlamaConfig(**TINY, tie_word_embeddings=True, rope_theta=50000.0)).eval()
 
 
-def _fields(path) -> dict:
-    reader = GGUFReader(str(path))
-    return {name: field.contents() for name, field in reader.fields.items()}
-
-
-def _tensors(path) -> dict:
-    return {t.name: t for t in GGUFReader(str(path)).tensors}
-
-
-# ------------------------------------------------------------------ writing (no llama.cpp needed)
-
-def test_gguf_header_holds_what_llama_cpp_needs(tiny_model, tiny_gguf):
-    config, fields = tiny_model.config, _fields(tiny_gguf)
-    expected = {
-        "general.architecture": "llama", "general.name": "llama-tiny", "general.file_type": 0,
-        "llama.context_length": config.max_position_embeddings, "llama.embedding_length": 64,
-        "llama.block_count": 2, "llama.feed_forward_length": 128, "llama.attention.head_count": 4,
-        "llama.attention.head_count_kv": 2, "llama.attention.key_length": 16, "llama.rope.dimension_count": 16,
-        "tokenizer.ggml.model": "llama",
-    }
-    assert {key: fields[key] for key in expected} == expected
-    assert fields["llama.rope.freq_base"] == pytest.approx(config.rope_parameters["rope_theta"])
-    assert fields["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(config.rms_norm_eps)
-    tokens = fields["tokenizer.ggml.tokens"]
-    assert len(tokens) == len(set(tokens)) == len(fields["tokenizer.ggml.token_type"]) == config.vocab_size
-
-
-def test_gguf_tensors_have_llama_cpp_names_shapes_and_values(tiny_model, tiny_gguf):
-    tensors = _tensors(tiny_gguf)
-    assert len(tensors) == 3 + 9 * 2  # embedding, final norm, untied output + 9 per layer
-    # GGUF lists dimensions fastest-first: (in_features, out_features)
-    assert list(tensors["token_embd.weight"].shape) == [64, 512]
-    assert list(tensors["output.weight"].shape) == [64, 512]
-    assert list(tensors["blk.1.attn_q.weight"].shape) == [64, 64]
-    assert list(tensors["blk.1.attn_k.weight"].shape) == [64, 32]  # GQA: 2 kv heads x 16
-    assert list(tensors["blk.1.ffn_down.weight"].shape) == [128, 64]
-    attention = tiny_model.model.layers[1].self_attn
-    np.testing.assert_array_equal(tensors["blk.1.attn_v.weight"].data, attention.v_proj.weight.detach().numpy())
-    np.testing.assert_array_equal(tensors["blk.1.attn_k.weight"].data,
-                                  rope_interleave(attention.k_proj.weight.detach().numpy(), 2))
-
-
-def test_tied_embeddings_write_no_output_tensor(tmp_path):
-    path = write_gguf(_tied_model(), tmp_path / "tied.gguf")
-    assert "output.weight" not in _tensors(path)  # llama.cpp then reuses token_embd.weight
-    assert _fields(path)["llama.rope.freq_base"] == pytest.approx(50000.0)
-
-
-def test_rope_interleave_pairs_each_rotated_half():
-    rows = np.arange(8, dtype=np.float32)[:, None]  # 2 heads x head_dim 4, one row id per row
-    assert rope_interleave(rows, n_heads=2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
-
-
-@pytest.mark.parametrize("preset", ["qwen2-tiny", "gemma2-tiny"])
-def test_non_llama_models_are_refused_and_nothing_is_written(preset, tmp_path):
-    with pytest.raises(UnsupportedModelError, match="Llama-family.*llama-tiny"):
-        write_gguf(load(preset)[1], tmp_path / "out.gguf")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_scaled_rope_is_refused(tmp_path):
-    model = _tied_model()
-    model.config.rope_parameters = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
-    with pytest.raises(UnsupportedModelError, match="rope_type"):
-        write_gguf(model, tmp_path / "out.gguf")
-
-
-def test_cli_gguf_writes_and_reports_one_line(tmp_path):
-    from edgekit.cli import app
-
-    out = tmp_path / "tiny.gguf"
-    result = CliRunner().invoke(app, ["gguf", "llama-tiny", "-o", str(out)])
-    assert result.exit_code == 0, result.output
-    assert result.stdout.startswith(f"wrote {out} (0.6 MB)") and result.stdout.count("\n") == 1
-    assert _fields(out)["general.architecture"] == "llama"
-
+# ------------------------------------------------------------------ the runner without llama.cpp
 
 def test_runner_without_llama_cpp_says_how_to_install(tiny_gguf, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
@@ -160,7 +84,7 @@ def test_tied_model_matches_pytorch_in_chunks(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
     model = _tied_model()
     monkeypatch.setattr(llamacpp, "MAX_BATCH", 128)  # 300 tokens -> three llama_decode calls
-    runner = LlamaCppRunner(str(write_gguf(model, tmp_path / "tied.gguf")), n_ctx=512)
+    runner = LlamaCppRunner(str(write_gguf(Llama, model, tmp_path / "tied.gguf")), n_ctx=512)
     ids = _random_ids(300)
     runner.prefill(ids)
     assert runner.n_batch == 128

@@ -16,12 +16,13 @@ import torch
 from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 
-from edgekit.errors import EdgekitError, ModelLoadError, first_line
+from edgekit.errors import EdgekitError, ModelLoadError, UnsupportedModelError, first_line
 from edgekit.interface import Interface, TensorSpec
 from edgekit.runtime_ops import get_op
 
 from ..family import Family, Method
 from .decode import DECODE_ATTENTION, DecodeGraph
+from .gguf_writer import check_common, layer_types
 
 # DHSA attributes a user sets; the model itself supplies scale, softcap and sliding_window.
 DHSA_USER_OPTIONS = ("block_size", "chunk_size", "adaptive_chunks", "length_scaled", "chunk_score", "budget_tokens",
@@ -132,6 +133,29 @@ class CausalLMFamily(Family):
     }
     graph_options = ("logits_to_keep", "check_tokens", "step")  # step: "prefill" or "decode" (the cached step)
     config_class: ClassVar[type]
+    # --format gguf: llama.cpp's architecture for the family (a gguf.MODEL_ARCH name) and its FFN activations
+    gguf_arch: ClassVar[str]
+    gguf_activations: ClassVar[tuple[str, ...]] = ("silu",)
+
+    @classmethod
+    def gguf_check(cls, config) -> None:
+        """Refuse (UnsupportedModelError) a config llama.cpp's architecture cannot compute. By default:
+        sliding-window layers, which most llama.cpp architectures do not mask."""
+        check_common(config, cls.gguf_activations, cls.gguf_arch.lower())
+        if "sliding_attention" in layer_types(config):
+            raise UnsupportedModelError(f"llama.cpp's {cls.gguf_arch.lower()} architecture has no sliding-window "
+                                        "attention, and this model has sliding-window layers")
+
+    @classmethod
+    def gguf_keys(cls, config) -> dict:
+        """Keys beyond gguf_writer.shared_keys (gguf.Keys templates -> value); they override shared ones."""
+        return {}
+
+    @classmethod
+    def gguf_tensor(cls, name: str, array, config):
+        """A parameter in llama.cpp's layout for the architecture; `name` is its GGUF name without `blk.N.`.
+        By default unchanged."""
+        return array
 
     @classmethod
     def from_preset(cls, name: str, seed: int = 0) -> PreTrainedModel:

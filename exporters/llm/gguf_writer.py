@@ -1,144 +1,169 @@
-"""Write a Hugging Face Llama as an f32 GGUF: the llama.cpp baseline runs exactly the exported weights.
+"""Write a dense decoder LLM as a GGUF that llama.cpp loads: the llama.cpp baseline runs exactly its weights.
 
-Writing the GGUF ourselves (rather than using a converted checkpoint) gives llama.cpp exactly the
-weights the ONNX export runs, so a latency or memory difference belongs to the runtime, not the model.
+Writing the GGUF ourselves (rather than using a converted checkpoint) gives llama.cpp exactly the weights
+the ONNX export runs, so a latency or memory difference belongs to the runtime, not the model. One writer
+serves every family: names come from the `gguf` package's own maps (llama.cpp's), the shared hyperparameters
+are written here, and each family declares the rest as data and small hooks (`CausalLMFamily.gguf_*`):
+its llama.cpp architecture, extra keys, per-tensor layout changes and what it cannot express.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import UnsupportedModelError
+from edgekit.errors import EdgekitError, UnsupportedModelError
 from edgekit.files import atomic_output
 
-GGUF_ARCH = "llama"
-SUPPORTED_MODEL_TYPES = ("llama",)  # Hugging Face model_type values write_gguf understands
-SUPPORTED_ROPE_TYPES = ("default",)
-SUPPORTED_ACTIVATIONS = ("silu",)
+# --gguf-type -> (tensor type of matrices, general.file_type); norms and biases always stay f32
+GGUF_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
 
-# Hugging Face parameter name -> GGUF tensor name, as llama.cpp's LLM_ARCH_LLAMA loads them
-GLOBAL_TENSORS = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",  # only present when untied; llama.cpp falls back to token_embd
-}
-LAYER_TENSORS = {  # under model.layers.{i}. -> under blk.{i}.
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
-# GGUF tensors whose rows follow llama.cpp's RoPE layout -> config attribute holding their head count
-ROPE_PERMUTED = {"attn_q.weight": "num_attention_heads", "attn_k.weight": "num_key_value_heads"}
 
-_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
+def check_gguf_type(gguf_type: str) -> None:
+    if gguf_type not in GGUF_TYPES:
+        raise EdgekitError(f"unknown --gguf-type '{gguf_type}': {', '.join(GGUF_TYPES)}")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Hugging Face -> GGUF
 # ---------------------------------------------------------------------------------------------------
 
-def write_gguf(model, path: str | os.PathLike, name: str | None = None) -> Path:
-    """Write a Hugging Face Llama-family model as an f32 GGUF that llama.cpp loads; returns the path.
+def write_gguf(family, model, path: str | os.PathLike, gguf_type: str = "f32", name: str | None = None,
+               tokenizer=None) -> Path:
+    """Write a Hugging Face causal LM of `family` as a GGUF llama.cpp runs; returns the path.
 
-    The vocabulary is a placeholder of the right size: the profiler feeds token ids, never text.
+    `tokenizer(writer)` adds the vocabulary (see gguf_tokenizer.py); by default a placeholder of the right
+    size, enough for token-id prompts.
     """
+    from .gguf_tokenizer import add_placeholder_vocab
+
+    check_gguf_type(gguf_type)
     config = model.config
-    _check_supported(config)
-    tensors = gguf_tensors(model)
+    family.gguf_check(config)
+    tensors = gguf_tensors(family, model)
+    keys = {**shared_keys(config), **family.gguf_keys(config)}
     with atomic_output(path) as tmp:
-        _write_file(tmp, config, tensors, name or _model_name(config))
+        _write_file(tmp, family.gguf_arch, keys, tensors, gguf_type, name or _model_name(config),
+                    tokenizer or (lambda writer: add_placeholder_vocab(writer, config.vocab_size)))
     return Path(path)
 
 
-def _check_supported(config) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"write_gguf supports Llama-family models only (model_type {', '.join(SUPPORTED_MODEL_TYPES)}: "
-            f"presets llama-tiny, llama-demo, llama-smollm2-135m or a LlamaForCausalLM folder); got "
-            f"'{model_type}'. Profile this model from its ONNX export, or convert it with llama.cpp's "
-            "convert_hf_to_gguf.py")
-    rope_type = _rope_parameters(config).get("rope_type", "default")
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise UnsupportedModelError(f"write_gguf supports rope_type {', '.join(SUPPORTED_ROPE_TYPES)}, "
-                                    f"got '{rope_type}'; convert this model with llama.cpp's convert_hf_to_gguf.py")
-    if config.hidden_act not in SUPPORTED_ACTIVATIONS:
-        raise UnsupportedModelError(f"write_gguf supports hidden_act {', '.join(SUPPORTED_ACTIVATIONS)}, "
-                                    f"got '{config.hidden_act}'")
-
-
-def _rope_parameters(config) -> dict:
-    """transformers 5 keeps rope_theta inside config.rope_parameters; 4.x had it on the config."""
+def rope_parameters(config, layer_type: str = "full_attention") -> dict:
+    """One layer type's rope settings: transformers 5 keeps them in config.rope_parameters, keyed by layer
+    type where types differ (Gemma3); 4.x had rope_theta on the config."""
     params = dict(getattr(config, "rope_parameters", None) or {})
+    params = dict(params.get(layer_type, params))
     params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    params.setdefault("rope_type", "default")
     return params
 
 
-def _head_dim(config) -> int:
+def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def _model_name(config) -> str:
-    return Path(getattr(config, "name_or_path", "") or "edgekit-llama").name or "edgekit-llama"
+def activation(config) -> str:
+    return getattr(config, "hidden_activation", None) or config.hidden_act
 
 
-def gguf_tensors(model) -> dict[str, np.ndarray]:
-    """Every parameter as a float32 array under its GGUF name, q/k rows permuted for llama.cpp's RoPE.
+def layer_types(config) -> list[str]:
+    """Each layer's attention kind, 'full_attention' or 'sliding_attention'."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return list(types)
+    kind = "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
+    return [kind] * config.num_hidden_layers
+
+
+def shared_keys(config) -> dict:
+    """Hyperparameters every llama.cpp LLM architecture reads, as gguf.Keys templates -> value."""
+    from gguf import Keys
+
+    dim = head_dim(config)
+    return {
+        Keys.LLM.CONTEXT_LENGTH: config.max_position_embeddings,
+        Keys.LLM.EMBEDDING_LENGTH: config.hidden_size,
+        Keys.LLM.BLOCK_COUNT: config.num_hidden_layers,
+        Keys.LLM.FEED_FORWARD_LENGTH: config.intermediate_size,
+        Keys.LLM.VOCAB_SIZE: config.vocab_size,
+        Keys.Attention.HEAD_COUNT: config.num_attention_heads,
+        Keys.Attention.HEAD_COUNT_KV: config.num_key_value_heads or config.num_attention_heads,
+        Keys.Attention.KEY_LENGTH: dim,
+        Keys.Attention.VALUE_LENGTH: dim,
+        Keys.Attention.LAYERNORM_RMS_EPS: float(config.rms_norm_eps),
+        Keys.Rope.DIMENSION_COUNT: int(dim * rope_parameters(config).get("partial_rotary_factor", 1.0)),
+        Keys.Rope.FREQ_BASE: float(rope_parameters(config)["rope_theta"]),
+    }
+
+
+def check_common(config, activations: tuple[str, ...], arch: str) -> None:
+    """What no family's llama.cpp graph expresses: scaled rope, another activation."""
+    for kind in sorted(set(layer_types(config))):
+        rope_type = rope_parameters(config, kind)["rope_type"]
+        if rope_type != "default":
+            raise UnsupportedModelError(f"the GGUF writer supports rope_type default, got '{rope_type}'; convert "
+                                        "this model with llama.cpp's convert_hf_to_gguf.py")
+    if activation(config) not in activations:
+        raise UnsupportedModelError(f"llama.cpp's {arch} architecture uses {', '.join(activations)}, the model "
+                                    f"has hidden_act '{activation(config)}'")
+
+
+def gguf_tensors(family, model) -> dict[str, np.ndarray]:
+    """Every parameter as a float32 array under its llama.cpp name, in the family's llama.cpp layout.
 
     named_parameters() lists a tied lm_head once, under the embedding: tied models get no output.weight.
     """
+    import gguf
+
+    config = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[family.gguf_arch], config.num_hidden_layers)
     tensors = {}
     for hf_name, param in model.named_parameters():
-        gguf_name = gguf_tensor_name(hf_name)
-        array = param.detach().float().cpu().numpy()
-        head_attr = ROPE_PERMUTED.get(gguf_name.split(".", 2)[-1])
-        if head_attr:
-            n_heads = getattr(model.config, head_attr) or model.config.num_attention_heads
-            array = rope_interleave(array, n_heads)
-        tensors[gguf_name] = array
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise UnsupportedModelError(f"llama.cpp's {family.gguf_arch.lower()} architecture has no tensor for "
+                                        f"parameter '{hf_name}'")
+        local = gguf_name.split(".", 2)[2] if gguf_name.startswith("blk.") else gguf_name  # blk.3.attn_q.weight
+        array = family.gguf_tensor(local, param.detach().float().cpu().numpy(), config)
+        tensors[gguf_name] = np.ascontiguousarray(array, dtype=np.float32)
     return tensors
 
 
-def gguf_tensor_name(hf_name: str) -> str:
-    """The GGUF name of a Hugging Face Llama parameter (tables above); unknown names are unsupported."""
-    if hf_name in GLOBAL_TENSORS:
-        return GLOBAL_TENSORS[hf_name]
-    match = _LAYER_NAME.fullmatch(hf_name)
-    if match and match.group(2) in LAYER_TENSORS:
-        return f"blk.{match.group(1)}.{LAYER_TENSORS[match.group(2)]}"
-    raise UnsupportedModelError(f"write_gguf has no GGUF name for parameter '{hf_name}' (biases and extra "
-                                "layers are not in llama.cpp's Llama layout)")
-
-
 def rope_interleave(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """Reorder q/k rows per head from Hugging Face's rotate-half RoPE to llama.cpp's adjacent pairs.
-
-    HF rotates (x[j], x[j + d/2]); llama.cpp's Llama rotates (x[2j], x[2j + 1]). Same model, new row order.
-    """
-    rows, cols = weight.shape
+    """Reorder q/k rows (or bias entries) per head from Hugging Face's rotate-half RoPE to llama.cpp's
+    adjacent pairs, which its llama architecture rotates: HF rotates (x[j], x[j + d/2]), llama.cpp
+    (x[2j], x[2j + 1]). Same model, new row order."""
+    rows = weight.shape[0]
     half = rows // n_heads // 2
-    return np.ascontiguousarray(weight.reshape(n_heads, 2, half, cols).swapaxes(1, 2).reshape(rows, cols))
+    return weight.reshape(n_heads, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _write_file(path: str, config, tensors: dict[str, np.ndarray], name: str) -> None:
+def _model_name(config) -> str:
+    return Path(getattr(config, "name_or_path", "") or "edgekit-llm").name or "edgekit-llm"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the file
+# ---------------------------------------------------------------------------------------------------
+
+def _write_file(path: str, arch_name: str, keys: dict, tensors: dict[str, np.ndarray], gguf_type: str,
+                name: str, add_vocab) -> None:
     import gguf
 
-    writer = gguf.GGUFWriter(path, GGUF_ARCH)
+    arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch_name]]
+    tensor_type, file_type = GGUF_TYPES[gguf_type]
+    writer = gguf.GGUFWriter(path, arch)
     try:
-        _add_hyperparameters(writer, config, name)
-        _add_placeholder_vocab(writer, config.vocab_size)
+        writer.add_name(name)
+        writer.add_file_type(gguf.LlamaFileType[file_type])
+        for template, value in keys.items():
+            _add_key(writer, template.format(arch=arch), value)
+        add_vocab(writer)
         for tensor_name, array in tensors.items():
-            writer.add_tensor(tensor_name, array)
+            data, raw_type = stored(array, gguf.GGMLQuantizationType[tensor_type])
+            writer.add_tensor(tensor_name, data, raw_dtype=raw_type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -146,43 +171,62 @@ def _write_file(path: str, config, tensors: dict[str, np.ndarray], name: str) ->
         writer.close()
 
 
-def _add_hyperparameters(writer, config, name: str) -> None:
-    import gguf
+def _add_key(writer, key: str, value) -> None:
+    """llama.cpp checks each key's type: counts are uint32, scales float32."""
+    from gguf import GGUFValueType
 
-    head_dim = _head_dim(config)
-    writer.add_name(name)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads or config.num_attention_heads)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(_rope_parameters(config)["rope_theta"]))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_vocab_size(config.vocab_size)
+    if isinstance(value, (list, tuple)):
+        writer.add_array(key, list(value))
+        return
+    kinds = {bool: GGUFValueType.BOOL, int: GGUFValueType.UINT32, float: GGUFValueType.FLOAT32,
+             str: GGUFValueType.STRING}
+    writer.add_key_value(key, value, kinds[type(value)])
 
 
-def placeholder_vocab(vocab_size: int) -> tuple[list[str], list[int]]:
-    """Tokens and types llama.cpp's SentencePiece loader accepts: <unk> <s> </s>, byte tokens, fillers."""
-    from gguf import TokenType
+def stored(array: np.ndarray, tensor_type):
+    """A tensor as the file keeps it: vectors (norms, biases) in f32, as llama.cpp's converter does;
+    matrices in the chosen type, in f16 where a row does not fill whole Q8_0 blocks."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
-    specials = [("<unk>", TokenType.UNKNOWN), ("<s>", TokenType.CONTROL), ("</s>", TokenType.CONTROL)]
-    entries = specials + [(f"<0x{b:02X}>", TokenType.BYTE) for b in range(256)]
-    entries = entries[:vocab_size]
-    entries += [(f"[tok{i}]", TokenType.NORMAL) for i in range(len(entries), vocab_size)]
-    return [text for text, _ in entries], [int(kind) for _, kind in entries]
+    if array.ndim < 2 or tensor_type == GGMLQuantizationType.F32:
+        return array, GGMLQuantizationType.F32
+    if tensor_type != GGMLQuantizationType.F16 and array.shape[-1] % GGML_QUANT_SIZES[tensor_type][0]:
+        tensor_type = GGMLQuantizationType.F16
+    if tensor_type == GGMLQuantizationType.F16:
+        return array.astype(np.float16), tensor_type
+    return quants.quantize(array, tensor_type), tensor_type
 
 
-def _add_placeholder_vocab(writer, vocab_size: int) -> None:
-    tokens, types = placeholder_vocab(vocab_size)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * vocab_size)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(0)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
+# ---------------------------------------------------------------------------------------------------
+# layout changes several families share
+# ---------------------------------------------------------------------------------------------------
+
+ROPE_PERMUTED = {"attn_q": "num_attention_heads", "attn_k": "num_key_value_heads"}  # tensor -> its head count
+
+
+def llama_rope_layout(name: str, array: np.ndarray, config) -> np.ndarray:
+    """llama.cpp's llama architecture rotates adjacent pairs: q/k rows (and biases) reordered to match."""
+    attr = ROPE_PERMUTED.get(name.rsplit(".", 1)[0])
+    if attr is None:
+        return array
+    return rope_interleave(array, getattr(config, attr) or config.num_attention_heads)
+
+
+def window_as_context(config) -> dict:
+    """For architectures llama.cpp runs without a window (llama, phi3) although the model has one on every
+    layer: within the window full attention is the same function, so the GGUF states the window as its
+    context length."""
+    from gguf import Keys
+
+    window = getattr(config, "sliding_window", None)
+    return {Keys.LLM.CONTEXT_LENGTH: min(window, config.max_position_embeddings)} if window else {}
+
+
+def window_period(config) -> int | None:
+    """The period p of a local/global layer pattern as llama.cpp states it (layer i global iff
+    i % p == p - 1), or None when the model's layer types follow no such period."""
+    types = layer_types(config)
+    for period in range(1, len(types) + 2):
+        if all((kind == "full_attention") == (i % period == period - 1) for i, kind in enumerate(types)):
+            return period
+    return None

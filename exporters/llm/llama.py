@@ -3,6 +3,7 @@
 from transformers import LlamaConfig
 
 from .causal_lm import CausalLMFamily
+from .gguf_writer import llama_rope_layout
 from ..registry import register
 
 
@@ -10,6 +11,7 @@ from ..registry import register
 class Llama(CausalLMFamily):
     model_type = "llama"
     config_class = LlamaConfig
+    gguf_arch = "LLAMA"
     presets = {
         # a few-MB model for tests and the quick demo
         "llama-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -24,3 +26,7 @@ class Llama(CausalLMFamily):
                                    max_position_embeddings=32768, rope_theta=100000.0, rms_norm_eps=1e-5,
                                    tie_word_embeddings=True),
     }
+
+    @classmethod
+    def gguf_tensor(cls, name, array, config):
+        return llama_rope_layout(name, array, config)

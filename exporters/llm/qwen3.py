@@ -14,6 +14,7 @@ from .causal_lm import CausalLMFamily
 class Qwen3(CausalLMFamily):
     model_type = "qwen3"
     config_class = Qwen3Config
+    gguf_arch = "QWEN3"
     presets = {
         "qwen3-tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
