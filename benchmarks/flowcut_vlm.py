@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 import edgekit
@@ -46,8 +47,9 @@ from edgekit.exporters.vlm.llava import Llava
 from edgekit.exporters.vlm.tower import VisionTower, fixed_selection
 from edgekit.interface import Interface, TensorSpec
 from edgekit.profiling import environment
-from edgekit.runtime_ops.attach import attach_functions
-from edgekit.runtime_ops.flowcut import cls_attention
+from edgekit.ep_profiles import load_profile
+from edgekit.runtime_ops.attach import attach_functions, single_op_model
+from edgekit.runtime_ops.flowcut import FLOWCUT, cls_attention
 from edgekit.session import Session
 
 SELECTIONS = ("flowcut", "uniform", "random")
@@ -80,17 +82,19 @@ def final_cls(tower, hidden: torch.Tensor) -> torch.Tensor:
 
 
 class StagedTower(VisionTower):
-    """FlowCut's tower that records each stage's patch count (`pick` None), or replays those counts with another
+    """FlowCut's tower that records each stage's patch count and inputs (`pick` None), or replays those counts with another
     selection among the patches still there: a baseline pruned where FlowCut prunes, as much as it prunes."""
 
     def __init__(self, vit, size: int, keep: int, pick: str | None = None, counts: dict | None = None):
         super().__init__(vit, size, "flowcut", keep)
         self.pick, self.counts = pick, {} if counts is None else counts
+        self.inputs = {}  # layer -> the op's inputs at that stage (recorded with pick None)
 
     def prune(self, stage, hidden, q, k, v, scores, indices):
         if self.pick is None:
             out = super().prune(stage, hidden, q, k, v, scores, indices)
             self.counts[stage.layer] = out[1].shape[1]
+            self.inputs[stage.layer] = (hidden, q, k, v, scores, indices)
             return out
         n, m = indices.shape[1], self.counts[stage.layer]
         if m >= n:
@@ -168,12 +172,13 @@ def selection_rows(model, images: np.ndarray, keeps: list[int]) -> list[dict]:
 # --- (b) speed ---------------------------------------------------------------------------------------
 
 
-def median_ms(session: Session, feeds: dict, repeat: int) -> float:
-    session.run(feeds)  # warm-up
+def median_ms(run, repeat: int) -> float:
+    """Median wall time of `run()` over `repeat` calls after one warm-up."""
+    run()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        session.run(feeds)
+        run()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -184,14 +189,22 @@ def prompt(session: Session, batch: int, length: int) -> dict:
 
 def tower_session(model, method: str, keep: int, size: int) -> Session:
     """The tower alone as an ONNX graph (the VLM's own tower module), for its share of the prefill."""
+    return Session(tower_model(model, method, keep, size))
+
+
+def tower_model(model, method: str, keep: int, size: int):
     tower = Llava.prepare(model, method, {"keep": keep}, image_size=size,
                           visual_keep=-1 if method == "dense" else keep).tower
-    k = tower.patches if method == "dense" else keep
+    return tower_proto(tower, method, tower.patches if method == "dense" else keep)
+
+
+def tower_proto(tower, method: str, k: int):
+    """A tower module (k patches out) as an ONNX model with its function bodies attached."""
+    size, width = tower.vit.config.patch_size * round(tower.patches ** 0.5), tower.vit.config.hidden_size
     interface = Interface("image-features", method, (TensorSpec("image", "float32", ("batch", 3, size, size)),),
-                          (TensorSpec("patches", "float32", ("batch", k, model.vit.config.hidden_size)),
-                           TensorSpec("indices", "int64", ("batch", k))))
+                          (TensorSpec("patches", "float32", ("batch", k, width)), TensorSpec("indices", "int64", ("batch", k))))
     example = {"image": np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)}
-    return Session(attach_functions(Llava.to_onnx(tower.eval(), interface, example)))
+    return attach_functions(Llava.to_onnx(tower.eval(), interface, example))
 
 
 def speed_rows(preset: str, model, keeps: list[int], images: np.ndarray, prompt_len: int, repeat: int,
@@ -204,7 +217,8 @@ def speed_rows(preset: str, model, keeps: list[int], images: np.ndarray, prompt_
     edgekit.export(model.config.llm, str(llm_path), method="dense", loaded=loaded)
     llm = Session(str(llm_path))
     for visual in (patches, *keeps):
-        ms = median_ms(llm, prompt(llm, 1, visual + prompt_len), repeat)
+        feeds = prompt(llm, 1, visual + prompt_len)
+        ms = median_ms(lambda: llm.run(feeds), repeat)
         rows.append(dict(part="llm_prefill", visual_tokens=visual, prompt_tokens=prompt_len, ms=ms))
         log(f"LLM prefill {visual} + {prompt_len} tokens: {ms:.1f} ms")
     image = images[:1]
@@ -214,24 +228,116 @@ def speed_rows(preset: str, model, keeps: list[int], images: np.ndarray, prompt_
         vlm = Session(str(path))
         feeds = {**prompt(vlm, 1, prompt_len + 1), "pixel_values": image}
         rows.append(dict(part="vlm_prefill", method=method, visual_tokens=keep, prompt_tokens=prompt_len,
-                         ms=median_ms(vlm, feeds, repeat)))
+                         ms=median_ms(lambda: vlm.run(feeds), repeat)))
         tower = tower_session(model, method, keep, size)
-        rows.append(dict(part="tower", method=method, visual_tokens=keep, ms=median_ms(tower, {"image": image},
+        rows.append(dict(part="tower", method=method, visual_tokens=keep, ms=median_ms(lambda: tower.run({"image": image}),
                                                                                        repeat)))
         log(f"{method} {keep}: VLM prefill {rows[-2]['ms']:.1f} ms, tower {rows[-1]['ms']:.1f} ms")
+    return rows
+
+
+# --- (c) FlowCut's own overhead ----------------------------------------------------------------------
+
+FLOWCUT_NODE = "_inlfunc_FlowCutPrune"  # ORT prefixes a function body's inlined nodes with the function's name
+BRANCH_NODE = "_if_"  # nodes inside an If's branches: the If's own event already spans them
+
+
+def ort_session(proto, threads: int | None, profiling: bool = False) -> ort.InferenceSession:
+    """A raw session on the cpu profile's options (the ones `Session` uses), optionally profiling."""
+    options = load_profile("cpu").session_options(threads)
+    options.enable_profiling = profiling
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "edgekit-flowcut")
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def profiled_split(proto, feeds: dict, runs: int, threads: int | None) -> tuple[float, float]:
+    """ORT's per-node kernel times of the pruned tower, ms per run: (FlowCut's nodes, every other node)."""
+    session = ort_session(proto, threads, profiling=True)
+    for _ in range(runs + 1):  # the first run warms up; its events are dropped below by count
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    events = [e for e in json.loads(trace.read_text())
+              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    trace.unlink()
+    flowcut = other = 0.0
+    for event in events[len(events) // (runs + 1):]:
+        if event["name"].startswith(FLOWCUT_NODE):
+            flowcut += event["dur"]
+        elif not event["name"].startswith(BRANCH_NODE):
+            other += event["dur"]
+    return flowcut / 1e3 / runs, other / 1e3 / runs
+
+
+def stage_rows(model, keep: int, image: np.ndarray, repeat: int, threads: int | None) -> list[dict]:
+    """Each FlowCut stage alone (a single-op model) on the very tensors the tower hands it for this photo."""
+    size = image.shape[-1]
+    tower = StagedTower(model.vit, size, keep)
+    with torch.no_grad():
+        tower.encode(torch.from_numpy(image))
+    rows = []
+    for stage in tower.stages.values():
+        inputs = tower.inputs[stage.layer]
+        attrs = dict(target=keep, layers_left=stage.layers_left, prune=stage.prune, accumulate=stage.accumulate,
+                     static_keep=stage.static_keep, scale=float(model.vit.encoder.layer[stage.layer].attention.scaling))
+        session = ort_session(single_op_model(FLOWCUT, attrs, inputs), threads)
+        feeds = {name: x.numpy() for name, x in zip(FLOWCUT.inputs, inputs)}
+        rows.append(dict(layer=stage.layer, prune=stage.prune, patches_in=inputs[5].shape[1],
+                         patches_out=tower.counts[stage.layer], ms=median_ms(lambda: session.run(None, feeds), repeat)))
+    return rows
+
+
+def overhead_rows(model, keeps: list[int], images: np.ndarray, repeat: int, threads: int | None) -> list[dict]:
+    """The tower alone: dense, FlowCut, and `replay` (the same layers at FlowCut's pruned sizes on this photo, the
+    patches dropped by a constant gather: no scoring). FlowCut's own cost three ways: FlowCut tower - replay
+    (everything it adds, the traced count outside the op included), ORT's per-node profile (the op's inlined
+    nodes only), and every stage alone at the tower's shapes. Shares are of the dense tower's time."""
+    size = images.shape[-1]
+    feeds = {"image": images[:1]}
+
+    def timed(proto) -> tuple[float, float]:  # (median wall ms, profiled FlowCut-node ms)
+        session = ort_session(proto, threads)
+        return median_ms(lambda: session.run(None, feeds), repeat), profiled_split(proto, feeds, repeat, threads)[0]
+
+    dense_ms, _ = timed(tower_model(model, "dense", 0, size))
+    rows = []
+    for keep in keeps:
+        recorder = StagedTower(model.vit, size, keep)
+        with torch.no_grad():
+            recorder.encode(torch.from_numpy(images[:1]))
+        replay_ms, _ = timed(tower_proto(StagedTower(model.vit, size, keep, "uniform", recorder.counts), "replay", keep))
+        flowcut_ms, nodes_ms = timed(tower_model(model, "flowcut", keep, size))
+        stages = stage_rows(model, keep, images[:1], repeat, threads)
+        alone = sum(r["ms"] for r in stages)
+        added = flowcut_ms - replay_ms
+        rows.append(dict(keep=keep, tower_dense_ms=dense_ms, tower_flowcut_ms=flowcut_ms, tower_replay_ms=replay_ms,
+                         flowcut_added_ms=added, flowcut_nodes_ms=nodes_ms, stages_alone_ms=alone, stages=stages,
+                         pct_of_dense=dict(added=100 * added / dense_ms, nodes=100 * nodes_ms / dense_ms,
+                                           alone=100 * alone / dense_ms)))
+        log(f"overhead keep {keep}: tower dense {dense_ms:.1f} ms, FlowCut {flowcut_ms:.1f}, replay {replay_ms:.1f}; "
+            f"FlowCut adds {added:.2f} ms ({rows[-1]['pct_of_dense']['added']:.2f}% of dense), its nodes "
+            f"{nodes_ms:.2f} ms, its stages alone {alone:.2f} ms")
     return rows
 
 
 # --- report ------------------------------------------------------------------------------------------
 
 
-def markdown(selection: list[dict], speed: list[dict]) -> str:
-    lines = ["| keep | where picked | method | final-CLS cosine (mean, min) | saliency covered (mean) | "
+def markdown(selection: list[dict], speed: list[dict], overhead: list[dict] = ()) -> str:
+    lines = [] if not selection else ["| keep | where picked | method | final-CLS cosine (mean, min) | saliency covered (mean) | "
              "last-layer CLS attention covered (mean) |", "|---|---|---|---|---|---|"]
     for r in selection:
         c = r["cls_cosine"]
         lines.append(f"| {r['keep']} | {r['regime']} | {r['method']} | {np.mean(c):.4f}, {min(c):.4f} | "
                      f"{np.mean(r['saliency_covered']):.3f} | {np.mean(r['last_attention_covered']):.3f} |")
+    if overhead:
+        lines += ["", "| keep | tower dense ms | FlowCut ms | replay ms (same sizes, no scoring) | FlowCut adds ms "
+                  "(% of dense) | its nodes, profiled ms (%) | its stages alone ms (%) |", "|---|---|---|---|---|---|---|"]
+        for r in overhead:
+            pct = r["pct_of_dense"]
+            lines.append(f"| {r['keep']} | {r['tower_dense_ms']:.1f} | {r['tower_flowcut_ms']:.1f} | "
+                         f"{r['tower_replay_ms']:.1f} | {r['flowcut_added_ms']:.2f} ({pct['added']:.2f}%) | "
+                         f"{r['flowcut_nodes_ms']:.2f} ({pct['nodes']:.2f}%) | {r['stages_alone_ms']:.2f} "
+                         f"({pct['alone']:.2f}%) |")
     if speed:
         lines += ["", "| part | method | visual tokens | ms (median) |", "|---|---|---|---|"]
         lines += [f"| {r['part']} | {r.get('method', 'dense')} | {r['visual_tokens']} | {r['ms']:.1f} |" for r in speed]
@@ -245,7 +351,10 @@ def main() -> None:
     parser.add_argument("--photos", default=",".join(PHOTOGRAPHS))
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=10)
-    parser.add_argument("--no-speed", action="store_true", help="selection quality only")
+    parser.add_argument("--no-speed", action="store_true", help="skip (b), the speed of the prefills")
+    parser.add_argument("--no-selection", action="store_true", help="skip (a), the selection quality")
+    parser.add_argument("--overhead", action="store_true", help="add (c): FlowCut's own time inside the tower")
+    parser.add_argument("--threads", type=int, help="ORT intra-op threads for (c) (default: the cpu profile's)")
     parser.add_argument("--smoke", action="store_true", help="llava-tiny, keeps 8,16, 2 photos, 8-token prompt")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -255,15 +364,17 @@ def main() -> None:
     keeps = [int(k) for k in args.keeps.split(",")]
     _, model, _ = sources.load(args.preset)
     images = photographs(model.config.image_size, args.photos.split(","))
-    selection = selection_rows(model, images, keeps)
+    selection = [] if args.no_selection else selection_rows(model, images, keeps)
+    overhead = overhead_rows(model, keeps, images, args.repeat, args.threads) if args.overhead else []
     speed = []
     if not args.no_speed:
         with tempfile.TemporaryDirectory() as folder:
             speed = speed_rows(args.preset, model, keeps, images, args.prompt_tokens, args.repeat, Path(folder))
-    print(markdown(selection, speed))
+    print(markdown(selection, speed, overhead))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(preset=args.preset, photos=args.photos.split(","),
-                                                   selection=selection, speed=speed, environment=environment("cpu", None),
+                                                   selection=selection, speed=speed, overhead=overhead,
+                                                   environment=environment("cpu", args.threads),
                                                    settings=vars(args)), indent=1))
 
 

@@ -164,12 +164,19 @@ def test_flowcut_vlm_matches_pytorch_on_other_inputs(flowcut_model, seed, batch)
         np.testing.assert_allclose(got[name], w.numpy(), atol=2e-4, err_msg=name)
 
 
-def test_a_prompt_without_the_image_slot_is_one_line(flowcut_model):
+@pytest.mark.parametrize("slots, says", [((0, 0), "row 0 holds the slot token .* 0 times"),
+                                         ((1, 0), "row 1 holds the slot token .* 0 times"),
+                                         ((1, 2), "row 1 holds the slot token .* 2 times")])
+def test_a_prompt_without_exactly_one_image_slot_is_one_line(flowcut_model, slots, says):
     session = Session(str(flowcut_model[1]))
-    feeds = session.interface.example_inputs({"batch": 1, "sequence": 12})
+    feeds = session.interface.example_inputs({"batch": 2, "sequence": 12})
+    slot = session.interface.inputs[1].slot
     feeds["input_ids"][:] = 5
-    with pytest.raises(ShapeError, match="holds the slot token .* 0 times; put it exactly once"):
+    for row, count in enumerate(slots):
+        feeds["input_ids"][row, 2:2 + count] = slot
+    with pytest.raises(ShapeError, match=f"{says}; put it exactly once where the image goes") as error:
         session.run(feeds)
+    assert "\n" not in str(error.value)
 
 
 def test_methods_keep_the_same_count_and_distinct_tokens():
