@@ -232,7 +232,14 @@ def FlowCutPrune(
         heads = op.Constant(value_ints=[1, 2])
         attn = op.ReduceMean(op.Softmax(logits, axis=-1), heads, keepdims=0)  # (B, N)
         last = op.Constant(value_ints=[-1])
-        norm = op.ReduceL1(op.ReduceMean(value, one, keepdims=0), last, keepdims=0)  # (B, N)
+        # the head mean of the values as one MatMul by 1/H weights (ORT's ReduceMean over heads is ~4x slower)
+        h = op.Shape(value, start=1, end=2)
+        w = op.Div(op.CastLike(op.Expand(op.Constant(value_float=1.0), op.Concat(one, one, h, axis=0)), value),
+                   op.CastLike(h, value))  # (1, 1, H)
+        flat = op.Reshape(value, op.Concat(op.Shape(value, start=0, end=2), op.Constant(value_ints=[-1]), axis=0))
+        v_mean = op.Reshape(op.MatMul(w, flat), op.Concat(op.Shape(value, start=0, end=1), op.Shape(value, start=2),
+                                                          axis=0))  # (B, H, N d) -> (B, 1, N d) -> (B, N, d)
+        norm = op.ReduceL1(v_mean, last, keepdims=0)  # (B, N)
         attn_p = op.Slice(attn, off, end, one)  # (B, N - relay)
         p = op.Div(attn_p, op.ReduceSum(attn_p, last, keepdims=1))
         norm_p = op.Slice(norm, off, end, one)
