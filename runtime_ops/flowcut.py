@@ -273,8 +273,10 @@ def FlowCutPrune(
             # TopK: ties resolve to the lower index; a second TopK restores the original order
             top_v, top = op.TopK(cum, keep, axis=-1, largest=1, sorted=1)  # (B, keep)
             kept, kept_pos = op.TopK(top, keep, axis=-1, largest=0, sorted=1)  # ascending indices
-            patches = op.GatherND(op.Slice(hidden, off, end, one), op.Unsqueeze(kept, last), batch_dims=1)
-            hidden_out = op.Concat(op.Slice(hidden, zero, off, one), patches, axis=1)  # (B, keep + relay, C)
+            # one gather of the relay's row (0) and the kept rows from hidden itself: no copy of the patches first
+            lead = op.Mul(op.Slice(kept, zero, off, one), zero)  # (B, relay) zeros
+            rows = op.Concat(lead, op.Add(kept, off), axis=1)  # (B, relay + keep)
+            hidden_out = op.GatherND(hidden, op.Unsqueeze(rows, last), batch_dims=1)  # (B, relay + keep, C)
             indices_out = op.GatherElements(indices, kept, axis=1)  # (B, keep)
             scores_out = op.GatherElements(cum, kept, axis=1)
         else:
