@@ -293,36 +293,51 @@ def stage_rows(model, keep: int, image: np.ndarray, repeat: int, threads: int | 
     return rows
 
 
+def interleaved_ms(runs: dict, repeat: int) -> dict[str, float]:
+    """Median wall ms of each callable, run in turn `repeat` times after one warm-up each: a drift in the
+    machine's load hits every one alike, so their differences hold."""
+    times = {name: [] for name in runs}
+    for name, run in runs.items():
+        run()
+    for _ in range(repeat):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def overhead_rows(model, keeps: list[int], images: np.ndarray, repeat: int, threads: int | None) -> list[dict]:
     """The tower alone: dense, FlowCut, and `replay` (the same layers at FlowCut's pruned sizes on this photo, the
-    patches dropped by a constant gather: no scoring). FlowCut's own cost three ways: FlowCut tower - replay
-    (everything it adds, the traced count outside the op included), ORT's per-node profile (the op's inlined
-    nodes only), and every stage alone at the tower's shapes. Shares are of the dense tower's time."""
+    patches dropped by a constant gather: no scoring), timed in turn. FlowCut's own cost three ways: FlowCut -
+    replay (everything it adds: the traced count outside the op, data-dependent shapes), ORT's per-node profile
+    (the op's inlined nodes only) and every stage alone at the tower's shapes. Shares are of the dense tower."""
     size = images.shape[-1]
     feeds = {"image": images[:1]}
-
-    def timed(proto) -> tuple[float, float]:  # (median wall ms, profiled FlowCut-node ms)
-        session = ort_session(proto, threads)
-        return median_ms(lambda: session.run(None, feeds), repeat), profiled_split(proto, feeds, repeat, threads)[0]
-
-    dense_ms, _ = timed(tower_model(model, "dense", 0, size))
+    dense = ort_session(tower_model(model, "dense", 0, size), threads)
     rows = []
     for keep in keeps:
         recorder = StagedTower(model.vit, size, keep)
         with torch.no_grad():
             recorder.encode(torch.from_numpy(images[:1]))
-        replay_ms, _ = timed(tower_proto(StagedTower(model.vit, size, keep, "uniform", recorder.counts), "replay", keep))
-        flowcut_ms, nodes_ms = timed(tower_model(model, "flowcut", keep, size))
+        replay = ort_session(tower_proto(StagedTower(model.vit, size, keep, "uniform", recorder.counts), "replay",
+                                         keep), threads)
+        proto = tower_model(model, "flowcut", keep, size)
+        flowcut = ort_session(proto, threads)
+        ms = interleaved_ms({name: (lambda s=s: s.run(None, feeds))
+                             for name, s in (("dense", dense), ("replay", replay), ("flowcut", flowcut))}, repeat)
+        nodes_ms = profiled_split(proto, feeds, repeat, threads)[0]
         stages = stage_rows(model, keep, images[:1], repeat, threads)
         alone = sum(r["ms"] for r in stages)
-        added = flowcut_ms - replay_ms
-        rows.append(dict(keep=keep, tower_dense_ms=dense_ms, tower_flowcut_ms=flowcut_ms, tower_replay_ms=replay_ms,
-                         flowcut_added_ms=added, flowcut_nodes_ms=nodes_ms, stages_alone_ms=alone, stages=stages,
-                         pct_of_dense=dict(added=100 * added / dense_ms, nodes=100 * nodes_ms / dense_ms,
-                                           alone=100 * alone / dense_ms)))
-        log(f"overhead keep {keep}: tower dense {dense_ms:.1f} ms, FlowCut {flowcut_ms:.1f}, replay {replay_ms:.1f}; "
-            f"FlowCut adds {added:.2f} ms ({rows[-1]['pct_of_dense']['added']:.2f}% of dense), its nodes "
-            f"{nodes_ms:.2f} ms, its stages alone {alone:.2f} ms")
+        added = ms["flowcut"] - ms["replay"]
+        rows.append(dict(keep=keep, tower_dense_ms=ms["dense"], tower_flowcut_ms=ms["flowcut"],
+                         tower_replay_ms=ms["replay"], flowcut_added_ms=added, flowcut_nodes_ms=nodes_ms,
+                         stages_alone_ms=alone, stages=stages,
+                         pct_of_dense={k: 100 * v / ms["dense"] for k, v in
+                                       (("added", added), ("nodes", nodes_ms), ("alone", alone))}))
+        log(f"overhead keep {keep}: tower dense {ms['dense']:.1f} ms, FlowCut {ms['flowcut']:.1f}, replay "
+            f"{ms['replay']:.1f}; FlowCut adds {added:.2f} ms ({rows[-1]['pct_of_dense']['added']:.2f}% of dense), "
+            f"its nodes {nodes_ms:.2f} ms, its stages alone {alone:.2f} ms")
     return rows
 
 
