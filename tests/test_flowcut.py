@@ -32,6 +32,44 @@ def test_kept_indices_identical_to_reference(temperature):
     np.testing.assert_allclose(got[2], want[2].numpy(), atol=1e-5)
 
 
+SCHEDULES = {  # attribute sets a tower chains: every adaptive distance to the read layer, first layer, static, ...
+    **{f"adaptive_left{n}": dict(target=16, layers_left=n) for n in (0, 1, 2, 4, 9)},
+    "first_layer_left8": dict(target=16, layers_left=8, accumulate=0),
+    "static_keep24": dict(target=16, static_keep=24),
+    "score_only": dict(target=16, prune=0),
+    "mean_relay_left4": dict(target=16, layers_left=4, relay=0),
+    "mean_relay_static20": dict(target=16, static_keep=20, relay=0),
+}
+TEMPERATURES = (0.02, 0.2, 8.0)  # peaked ... flat CLS attention (random weights alone are near-flat)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=SCHEDULES)
+def test_ort_keeps_the_reference_tokens_over_batches_sizes_and_temperatures(schedule):
+    """One session per schedule (the body's dims are symbolic), fed batch sizes x token counts (at, below and
+    above the target, ragged) x temperatures: identical kept indices, values within tolerance. Random normal
+    data is tie-free (ONNX TopK would send a tie to the lower index, as the reference does)."""
+    attrs = SCHEDULES[schedule]
+    relay = attrs.get("relay", 1)
+    example = sample_inputs(1, 40, 16, 4, 8, relay=relay)
+    session = ort.InferenceSession(single_op_model(OP, attrs, example).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    kept = {}
+    for b in (1, 3):
+        for n in (9, 16, 17, 61, 577):
+            for t in TEMPERATURES:
+                x = sample_inputs(b, n, 16, 4, 8, t, seed=n + b, accumulate=attrs.get("accumulate", 1), relay=relay)
+                want = OP(*x, **attrs)
+                got = session.run(None, {name: v.numpy() for name, v in zip(OP.inputs, x)})
+                case = f"B={b} N={n} T={t}"
+                np.testing.assert_array_equal(got[1], want[1].numpy(), err_msg=case)
+                np.testing.assert_allclose(got[0], want[0].numpy(), atol=1e-5, err_msg=case)
+                np.testing.assert_allclose(got[2], want[2].numpy(), atol=1e-5, err_msg=case)
+                kept[b, n, t] = got[1].shape[1]
+    if attrs.get("prune", 1) and not attrs.get("static_keep") and attrs["layers_left"] > 0:
+        assert kept[3, 577, 0.02] < kept[3, 577, 8.0], "the sweep must reach attention peaked enough to prune more"
+    assert all(k == n - relay for (b, n, t), k in kept.items() if n - relay <= 16), "at/below target: a no-op"
+
+
 def test_peaked_attention_prunes_more_than_flat():
     kept = {t: OP(*sample_inputs(1, 197, 24, 6, 16, t), target=32, layers_left=4)[1].shape[1] for t in (0.05, 8.0)}
     assert kept[0.05] < kept[8.0] <= 196
@@ -126,12 +164,19 @@ def test_flowcut_vlm_matches_pytorch_on_other_inputs(flowcut_model, seed, batch)
         np.testing.assert_allclose(got[name], w.numpy(), atol=2e-4, err_msg=name)
 
 
-def test_a_prompt_without_the_image_slot_is_one_line(flowcut_model):
+@pytest.mark.parametrize("slots, says", [((0, 0), "row 0 holds the slot token .* 0 times"),
+                                         ((1, 0), "row 1 holds the slot token .* 0 times"),
+                                         ((1, 2), "row 1 holds the slot token .* 2 times")])
+def test_a_prompt_without_exactly_one_image_slot_is_one_line(flowcut_model, slots, says):
     session = Session(str(flowcut_model[1]))
-    feeds = session.interface.example_inputs({"batch": 1, "sequence": 12})
+    feeds = session.interface.example_inputs({"batch": 2, "sequence": 12})
+    slot = session.interface.inputs[1].slot
     feeds["input_ids"][:] = 5
-    with pytest.raises(ShapeError, match="holds the slot token .* 0 times; put it exactly once"):
+    for row, count in enumerate(slots):
+        feeds["input_ids"][row, 2:2 + count] = slot
+    with pytest.raises(ShapeError, match=f"{says}; put it exactly once where the image goes") as error:
         session.run(feeds)
+    assert "\n" not in str(error.value)
 
 
 def test_methods_keep_the_same_count_and_distinct_tokens():

@@ -179,7 +179,7 @@ class Llava(Family):
     @classmethod
     def visual_count(cls, model: LlavaModel, image_size: int | None, visual_keep: int) -> tuple[int, int]:
         """(image size, visual tokens K); a size the patch does not divide or keep >= patches is one line."""
-        size = image_size or model.config.image_size
+        size = model.config.image_size if image_size is None else image_size
         patch = model.vit.config.patch_size
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % patch:
             raise ShapeError(f"image_size {size!r} is not a positive multiple of the tower's patch size {patch}")

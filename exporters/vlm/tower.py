@@ -81,6 +81,14 @@ class VisionTower(nn.Module):
         hidden = hidden + block.layer_scale2(block.mlp(block.norm2(hidden)))
         return hidden, q, k, v
 
+    def prune(self, stage: Stage, hidden, q, k, v, scores, indices):
+        """One FlowCut stage after layer `stage.layer`: (hidden, indices, scores) with fewer patches (or as they
+        were). A method of its own so a measurement can put another selection at the same stages."""
+        return get_op("FlowCutPrune")(
+            hidden, q, k, v, scores, indices, target=self.keep, layers_left=stage.layers_left, prune=stage.prune,
+            accumulate=stage.accumulate, static_keep=stage.static_keep,
+            scale=float(self.vit.encoder.layer[stage.layer].attention.scaling))
+
     def encode(self, image: torch.Tensor):
         """Read-layer tokens with CLS first (B, 1 + K, C) and the kept patches' grid indices (B, K)."""
         hidden = self.vit.embeddings((image - self.mean) / self.std)  # (B, 1 + P, C)
@@ -91,10 +99,7 @@ class VisionTower(nn.Module):
             hidden, q, k, v = self.layer(self.vit.encoder.layer[i], hidden)
             stage = self.stages.get(i)
             if stage is not None:
-                hidden, indices, scores = get_op("FlowCutPrune")(
-                    hidden, q, k, v, scores, indices, target=self.keep, layers_left=stage.layers_left,
-                    prune=stage.prune, accumulate=stage.accumulate, static_keep=stage.static_keep,
-                    scale=float(self.vit.encoder.layer[i].attention.scaling))
+                hidden, indices, scores = self.prune(stage, hidden, q, k, v, scores, indices)
         if self.method in ("uniform", "random"):
             hidden = torch.cat([hidden[:, :1], hidden[:, 1:][:, self.selection]], 1)
             indices = self.selection.expand(b, -1)
