@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, numpy_helper
 
+from edgekit import weight_layout
 from edgekit.agreement import Agreement, check_feeds, check_sizes, compare
 from edgekit.errors import ModelLoadError, QuantizationAgreementError, QuantizationError, ShapeError, first_line
 from edgekit.files import EXTERNAL_DATA_BYTES, atomic_output_group, check_writable, save_onnx
@@ -30,7 +31,7 @@ from edgekit.session import Session, file_bytes, load_model
 
 PRECISION_KEY, SETTINGS_KEY = "edgekit.precision", "edgekit.quantization"  # metadata written on the output
 TARGET_OPS = ("MatMul", "Gemm")  # not Attention: ORT would make it QAttention, which then fails to load
-KEPT_FLOAT_OPS = ("Attention", "Conv", "ConvTranspose", "Einsum", "Gather", "LSTM", "GRU")  # heavy ops left float
+KEPT_FLOAT_OPS = ("Attention", "Conv", "ConvTranspose", "Einsum", "LSTM", "GRU")  # heavy ops left float
 CALIBRATION_SAMPLES = 8
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two >= 16
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
@@ -136,7 +137,8 @@ def _quantized(source: _Source, work: Path, settings: QuantizeSettings,
                calibration: list[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, bool]:
     """Run the precision's tool in a scratch folder (ORT's tools write files beside their input)."""
     work.mkdir()
-    prepared = _pre_process(source, work) if settings.precision.startswith("int8") else source.path
+    laid_out = _laid_out(source, work, share_tied=settings.precision == "int8")
+    prepared = _pre_process(laid_out, work, source.external) if settings.precision.startswith("int8") else laid_out
     job = _Job(prepared, work / "quantized.onnx", settings, source.external, calibration,
                sorted({n.op_type for n in _function_ops(source.model)}))
     quantizer = PRECISIONS[settings.precision][0]
@@ -213,7 +215,22 @@ class _Reader:
 # the quantizers: one function per precision, each ONNX Runtime's tool with the settings edgekit needs
 
 
-def _pre_process(source: _Source, work: Path) -> Path:
+def _laid_out(source: _Source, work: Path, share_tied: bool) -> Path:
+    """The float model with every MatMul weight an initializer (and a tied embedding stored once, for
+    int8), so the quantizer sees them all; the source itself when nothing changes (see weight_layout)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(source.model)
+    changed = weight_layout.fold_transposed_weights(model)
+    if share_tied:
+        changed += weight_layout.share_tied_embedding(model)
+    if not changed:
+        return source.path
+    out = work / "laid-out.onnx"
+    save_onnx(model, out, source.external)
+    return out
+
+
+def _pre_process(model: Path, work: Path, external: bool) -> Path:
     """ORT's recommended pre-processing, shape inference only (its optimizer would inline the edgekit
     functions). Symbolic shape inference may fail on custom nodes: then ONNX's alone, then none."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -221,20 +238,19 @@ def _pre_process(source: _Source, work: Path) -> Path:
     out = work / "prepared.onnx"
     for skip_symbolic in (False, True):
         try:
-            quant_pre_process(str(source.path), str(out), skip_optimization=True, skip_symbolic_shape=skip_symbolic,
-                              save_as_external_data=source.external, all_tensors_to_one_file=True,
+            quant_pre_process(str(model), str(out), skip_optimization=True, skip_symbolic_shape=skip_symbolic,
+                              save_as_external_data=external, all_tensors_to_one_file=True,
                               external_data_location=f"{out.name}.data")
             return out
         except Exception:  # noqa: BLE001, S112 - the tool raises anything; quantizing without it still works
             continue
-    save_onnx(source.model, out, source.external)
-    return out
+    return model
 
 
 def _int8_dynamic(job: _Job) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(job.source), str(job.output), op_types_to_quantize=list(TARGET_OPS),
+    quantize_dynamic(str(job.source), str(job.output), op_types_to_quantize=[*TARGET_OPS, "Gather"],
                      weight_type=QuantType.QInt8, use_external_data_format=job.external,
                      extra_options={"MatMulConstBOnly": True})
 
@@ -253,13 +269,19 @@ def _int8_static(job: _Job) -> None:
 
 
 def _int4(job: _Job) -> None:
+    """MatMul weights int4 (MatMulNBits); embedding tables int8 (ORT's GatherBlockQuantized would store them
+    as int4 tensors, which the ORT format cannot hold), so an int4 model still compiles to .ort."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(job.source))
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=job.settings.block_size, is_symmetric=True,
                                      accuracy_level=job.settings.accuracy_level, op_types_to_quantize=("MatMul",))
     quantizer.process()
-    quantizer.model.save_model_to_file(str(job.output), use_external_data_format=job.external)
+    matmuls = job.output.with_name("int4-matmuls.onnx")
+    quantizer.model.save_model_to_file(str(matmuls), use_external_data_format=job.external)
+    quantize_dynamic(str(matmuls), str(job.output), op_types_to_quantize=["Gather"], weight_type=QuantType.QInt8,
+                     use_external_data_format=job.external)
 
 
 def _fp16(job: _Job) -> None:
@@ -272,9 +294,9 @@ def _fp16(job: _Job) -> None:
 
 
 PRECISIONS: dict[str, tuple[Callable[[_Job], None], str]] = {
-    "int8": (_int8_dynamic, "int8 dynamic: MatMul/Gemm weights int8, activations quantized at run time"),
+    "int8": (_int8_dynamic, "int8 dynamic: MatMul/Gemm weights and embedding tables int8, activations quantized at run time"),
     "int8-static": (_int8_static, "int8 static (QDQ): weights int8, activations uint8 with calibrated ranges"),
-    "int4": (_int4, "int4 weight-only (MatMulNBits, blockwise, symmetric)"),
+    "int4": (_int4, "int4 weight-only (MatMulNBits, blockwise, symmetric); embedding tables int8"),
     "fp16": (_fp16, "float16 weights and activations, float32 inputs/outputs (for GPU providers)"),
 }
 

@@ -90,7 +90,11 @@ def test_note_counts_nodes(quantized, tiny, method, precision):
     if precision == "int8-static":
         assert "DequantizeLinear 0 -> 24" in notes and "MatMul 15 -> 15" not in notes
     if precision != "fp16":
-        assert "quantized: 15 of 15 MatMul/Gemm" in notes and "0.13 MB in Gather" in notes
+        assert "quantized: 15 of 15 MatMul/Gemm" in notes
+        # int8 / int4 quantize the embedding table too; static QDQ leaves it float (a DequantizeLinear on the
+        # whole table would run on every call)
+        left = "0.13 MB in Gather" if precision == "int8-static" else "float weights left: none"
+        assert left in notes
     else:
         assert "GPU providers" in notes and after["MatMul"] == 15
     if method == "dhsa":
@@ -134,8 +138,9 @@ def test_external_data_in_and_out(tiny, tmp_path):
               location="ext.onnx.data")
     result = ek.quantize(src, tmp_path / "out" / "q.onnx", "int8")
     assert result.external_data and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["q.onnx", "q.onnx.data"]
-    assert onnx.load(str(tmp_path / "out" / "q.onnx"), load_external_data=False).graph.initializer[0].data_location \
-        == onnx.TensorProto.EXTERNAL
+    written = onnx.load(str(tmp_path / "out" / "q.onnx"), load_external_data=False).graph.initializer
+    largest = max(written, key=lambda t: int(np.prod(t.dims)))  # the weights are in the data file
+    assert largest.data_location == onnx.TensorProto.EXTERNAL
     source_bytes = src.stat().st_size + (src.parent / "ext.onnx.data").stat().st_size  # the data file counts
     assert result.agreement.top1 >= MIN_TOP1["int8"] and result.size_mb[0] == pytest.approx(source_bytes / 1e6)
     with pytest.raises(QuantizationAgreementError):
