@@ -219,6 +219,11 @@ def profile(
     decode_tokens: Optional[int] = typer.Option(None, help="model folders (export --with-decode) and .gguf: "
                                                 "generate N tokens after each prompt; adds TTFT, pp and tg "
                                                 "tokens/s (llama-bench style)"),
+    breakdown: bool = typer.Option(False, "--breakdown", help="also profile every point per node (one more "
+                                   "fresh process each): ms by category (projections, attention, DHSA "
+                                   "scoring / selection, loop overhead, ...) in the table and the JSON"),
+    breakdown_plot: Optional[str] = typer.Option(None, "--breakdown-plot", help="with --breakdown: write the "
+                                                 "stacked-bar figure (PNG)"),
 ):
     """Latency, throughput and peak memory side by side, with ratios to the first model (any task).
 
@@ -227,15 +232,22 @@ def profile(
     """
     from edgekit.profiling import profile as run_profile
 
-    _check_outputs(json_out, plot_out)
+    _check_outputs(json_out, plot_out, breakdown_plot)
+    if breakdown_plot and not breakdown:
+        raise EdgekitError("--breakdown-plot draws the --breakdown figures: add --breakdown")
     gate = _gate_request(compare, fail_on)
     axes = dict(seq_lens=_int_list(seq_lens, "--seq-lens"), image_sizes=_int_list(image_sizes, "--image-sizes"),
                 batch_sizes=_int_list(batch_sizes, "--batch-sizes"))
     with _StepProgress(None) as step:
         results = run_profile(models, **axes, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
                               timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step,
-                              command=_command_line(), decode_tokens=decode_tokens)
+                              command=_command_line(), decode_tokens=decode_tokens, breakdown=breakdown)
     _emit(results, _profile_table(results), json_out, plot_out)
+    if breakdown_plot:
+        from edgekit import report
+
+        report.plot_breakdown(results, breakdown_plot)
+        err.print(f"breakdown figure: {breakdown_plot}")
     if gate is None:
         return 0
     from edgekit import gates

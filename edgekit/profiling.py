@@ -30,7 +30,7 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
             repeat: int = 3, warmup: int = 1, ep: str = "cpu", threads: int | None = None,
             timeout_s: float | None = None, memory_limit_mb: float | None = None,
             on_step: Progress | None = None, command: str | None = None,
-            decode_tokens: int | None = None) -> dict:
+            decode_tokens: int | None = None, breakdown: bool = False) -> dict:
     """Measure every (model, workload); the first model is the baseline the ratios refer to.
 
     `command` is the command line recorded as provenance (the CLI passes sys.argv); the API records
@@ -40,6 +40,8 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
     `image_sizes` for image models, `batch_sizes` for every kind. A point that runs out of memory, fails
     or times out is recorded with its status; the sweep goes on. `decode_tokens` (model folders and .gguf
     files) times generation too: each run is the prompt, then that many new tokens (pp, tg and TTFT).
+    `breakdown`: every timed ONNX point is profiled per node too, in one more fresh process (ORT's
+    profiler slows the run, so the latency comes from the untouched one): `row["breakdown"]`.
     """
     models = check_request(models, ep, repeat=repeat, warmup=warmup, threads=threads, timeout=timeout_s,
                            memory_limit_mb=memory_limit_mb, decode_tokens=decode_tokens)
@@ -51,15 +53,18 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
         for model in models:
             if on_step:
                 on_step(f"{Path(model).name} @ {describe(workload)}", len(results), len(workloads) * len(models))
-            results.append(_measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s,
-                                                  memory_limit_mb, decode_tokens))
+            row = _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s, memory_limit_mb,
+                                         decode_tokens)
+            if breakdown and row["status"] == "ok" and Path(model).suffix != ".gguf":
+                row["breakdown"] = _breakdown_in_subprocess(model, workload, ep, threads, timeout_s)
+            results.append(row)
     results.sort(key=lambda r: models.index(r["model"]))  # stable: grouped by model, workloads in order
     for row in results:
         row.setdefault("task", task.name)
     add_ratios(results, baseline=models[0])
     settings = {"schema_version": SCHEMA_VERSION, "repeat": repeat, "warmup": warmup, "task": task.name,
                 "workloads": workloads,
-                "baseline": models[0], "decode_tokens": decode_tokens,
+                "baseline": models[0], "decode_tokens": decode_tokens, "breakdown": breakdown,
                 "memory": "RSS high-water mark above the loaded model, fresh process per model and workload"}
     if "seq_len" in task.axes:
         settings["seq_lens"] = sorted({w["seq_len"] for w in workloads})
@@ -224,6 +229,23 @@ def _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout
         return {**base, "status": "oom", "error": "killed by the operating system (out of memory)"}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {**base, "status": "error", "error": f"worker exited with {proc.returncode}: {tail[:300]}"}
+
+
+def _breakdown_in_subprocess(model: str, workload: dict, ep: str, threads: int | None,
+                             timeout_s: float | None) -> dict:
+    """edgekit.breakdown in a fresh process (one warm-up, two profiled runs); a failure is recorded in it."""
+    cmd = [sys.executable, "-m", "edgekit.breakdown", model, json.dumps(workload), "--ep", ep]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s and 3 * timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"took longer than {3 * timeout_s:g} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"breakdown worker exited with {proc.returncode}: {tail[:300]}"}
 
 
 def add_ratios(results: list[dict], baseline: str) -> None:

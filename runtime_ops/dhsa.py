@@ -54,6 +54,7 @@ from .attention_inputs import check_qkv, qkv_sample
 from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register
 
 edgekit_opset = Opset(DOMAIN, DOMAIN_OPSET)
+QUERIES_PER_STEP = 4096  # queries per Loop step of the ONNX body: large Attention batches, few Concat copies
 
 ATTRIBUTES = (
     Attribute("block_size", 128, "query tokens that share one key selection", minimum=1),
@@ -251,45 +252,44 @@ def DHSAAttention(
     softcap: float = 0.0,
     scale: float = 0.0,
 ) -> FLOAT:
-    zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
-    batch = op.Shape(query, start=0, end=1)
-    q_heads = op.Shape(query, start=1, end=2)
     seq = op.Shape(query, start=2, end=3)
-    dim = op.Shape(query, start=3, end=4)
-    kv_heads = op.Shape(key, start=1, end=2)
-    group = op.Div(q_heads, kv_heads)
-    L = op.Reshape(op.Constant(value_int=block_size), one)
-    chunk = op.Reshape(op.Constant(value_int=chunk_size), one)
-    n_blocks = op.Div(seq + L - one, L)
-    n_chunks = op.Div(seq + chunk - one, chunk)
-    pos = op.Range(op.Squeeze(zero), op.Squeeze(seq), op.Constant(value_int=1))  # (S,)
-    big = op.CastLike(op.Constant(value_float=3.0e38), query)
-
-    two = op.Constant(value_ints=[2])
-    three = op.Constant(value_ints=[3])
-    window = op.Constant(value_int=sliding_window)
-    window = op.Where(window > 0, window, op.Constant(value_int=2**62))
-    d = op.CastLike(dim, query)
-    user_scale = op.CastLike(op.Constant(value_float=scale), query)
-    q_scale = op.Where(user_scale > op.CastLike(0.0, query), user_scale, op.Reciprocal(op.Sqrt(d)))
     budget = op.Reshape(op.Constant(value_int=budget_tokens), one)
+    windowed = op.Constant(value_int=sliding_window) > op.Constant(value_int=0)
+    user_scale = op.CastLike(op.Constant(value_float=scale), query)
+    q_scale = op.Where(user_scale > op.CastLike(0.0, query), user_scale,
+                       op.Reciprocal(op.Sqrt(op.CastLike(op.Shape(query, start=3, end=4), query))))
 
-    if op.Squeeze(seq <= budget):
+    if op.Squeeze(op.And(seq <= budget, op.Not(windowed))):
         # 0. every key fits the budget, so every key is kept: dense causal attention, the fused is_causal
-        # kernel the dense export runs (a window needs the mask)
-        if op.Squeeze(window > seq):
-            result = op.Attention(query * q_scale, key, value, is_causal=1, scale=1.0, softcap=softcap)
-        else:
-            gap = op.Unsqueeze(pos, one) - pos  # (S, S) query position - key position
-            causal = op.And(gap >= 0, gap < window)
-            result = op.Attention(query * q_scale, key, value, causal, scale=1.0, softcap=softcap)
+        #    kernel the dense export runs (ORT builds both branches' kernels, and an Attention whose `scale`
+        #    is 0 does not build: the scale goes onto the query)
+        result = op.Attention(query * q_scale, key, value, is_causal=1, scale=1.0, softcap=softcap)
     else:
+        zero = op.Constant(value_ints=[0])
+        two = op.Constant(value_ints=[2])
+        three = op.Constant(value_ints=[3])
+        last_axis = op.Constant(value_ints=[-1])
+        batch = op.Shape(query, start=0, end=1)
+        q_heads = op.Shape(query, start=1, end=2)
+        dim = op.Shape(query, start=3, end=4)
+        kv_heads = op.Shape(key, start=1, end=2)
+        group = op.Div(q_heads, kv_heads)
+        L = op.Reshape(op.Constant(value_int=block_size), one)
+        chunk = op.Reshape(op.Constant(value_int=chunk_size), one)
+        n_blocks = op.Div(seq + L - one, L)
+        n_chunks = op.Div(seq + chunk - one, chunk)
+        pos = op.Range(op.Squeeze(zero), op.Squeeze(seq), op.Constant(value_int=1))  # (S,)
+        big = op.CastLike(op.Constant(value_float=3.0e38), query)
+        window = op.Constant(value_int=sliding_window)
+        window = op.Where(windowed, window, op.Constant(value_int=2**62))
+        k = op.Min(budget, seq)
+
         # 1. chunk boundaries from consecutive-key cosine similarity
-        unit = key / (op.ReduceL2(key, op.Constant(value_ints=[-1]), keepdims=1) + op.CastLike(1e-6, key))
-        prev = op.Slice(unit, zero, op.Constant(value_ints=[-1]), op.Constant(value_ints=[2]))
-        curr = op.Slice(unit, one, seq, op.Constant(value_ints=[2]))
-        cos = op.ReduceSum(curr * prev, op.Constant(value_ints=[-1]), keepdims=0)  # (B, Hkv, S-1)
+        unit = key / (op.ReduceL2(key, last_axis, keepdims=1) + op.CastLike(1e-6, key))
+        prev = op.Slice(unit, zero, last_axis, two)
+        curr = op.Slice(unit, one, seq, two)
+        cos = op.ReduceSum(curr * prev, last_axis, keepdims=0)  # (B, Hkv, S-1)
         tail = n_chunks * chunk - seq  # +inf before t=1 (no predecessor) and past the end
         cos = op.Pad(cos, op.Concat(zero, zero, one, zero, zero, tail, axis=0), big)  # (B, Hkv, C * chunk)
         windows = op.Reshape(cos, op.Concat(batch, kv_heads, n_chunks, chunk, axis=0))
@@ -297,16 +297,19 @@ def DHSAAttention(
         chunk_index = op.Range(op.Squeeze(zero), op.Squeeze(n_chunks), op.Constant(value_int=1))
         fixed_starts = chunk_index * chunk
         adaptive = op.Cast(op.Constant(value_int=adaptive_chunks), to=BOOL.dtype)
-        starts = op.Where(op.And(adaptive, chunk_index > 0), fixed_starts + offsets, fixed_starts)
-        ends = op.Concat(op.Slice(starts, one, op.Constant(value_ints=[2**62]), op.Constant(value_ints=[-1])),
+        starts = op.Where(op.And(adaptive, chunk_index > 0), fixed_starts + offsets, fixed_starts)  # increasing
+        ends = op.Concat(op.Slice(starts, one, op.Constant(value_ints=[2**62]), last_axis),
                          op.Expand(seq, op.Concat(batch, kv_heads, one, axis=0)), axis=-1)
+        # the chunk of every key, (B, Hkv, S): 1 at each chunk start, summed along the keys, minus 1
+        is_start = op.ScatterElements(op.Expand(op.Constant(value_ints=[0]), op.Concat(batch, kv_heads, seq, axis=0)),
+                                      starts, op.Expand(one, op.Shape(starts)), axis=-1)
+        key_chunk = op.CumSum(is_start, op.Constant(value_int=-1)) - one
 
         # 2. chunk summaries: per-channel max / min of the keys ("bound") and sum / norm ("mean")
-        member = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pos,
-                        pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))  # (B, Hkv, C, S)
-        member_f = op.CastLike(member, query)
         scaled = op.Cast(op.Constant(value_int=length_scaled), to=BOOL.dtype)
         mode = op.Constant(value_int=chunk_score)
+        use_mean = mode != op.Constant(value_int=1)
+        use_bound = mode != op.Constant(value_int=0)
         # chunk j lies inside windows j and j+1 of `chunk` keys: reduce over that pair, not over all S keys
         k_pad = op.Pad(key, op.Concat(zero, zero, zero, zero, zero, zero, n_chunks * chunk + chunk - seq, zero,
                                       axis=0))
@@ -315,31 +318,34 @@ def DHSAAttention(
                          axis=3)  # (B, Hkv, C, 2 * chunk, D)
         pair_pos = op.Unsqueeze(chunk_index * chunk, one) + op.Range(
             op.Squeeze(zero), op.Squeeze(chunk + chunk), op.Constant(value_int=1))  # (C, 2 * chunk)
-        inside = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pair_pos,
-                        pair_pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))
-        inside = op.Unsqueeze(inside, op.Constant(value_ints=[-1]))  # (B, Hkv, C, 2 * chunk, 1)
-        last_axis = op.Constant(value_ints=[-1])
-        to_6d = op.Constant(value_ints=[2, 3])
-        high = op.ReduceMax(op.Where(inside, pair, -big), three, keepdims=0)  # (B, Hkv, C, D)
-        low = op.ReduceMin(op.Where(inside, pair, big), three, keepdims=0)
-        high6 = op.Unsqueeze(op.Transpose(high, perm=[0, 1, 3, 2]), to_6d)  # (B, Hkv, 1, 1, D, C)
-        low6 = op.Unsqueeze(op.Transpose(low, perm=[0, 1, 3, 2]), to_6d)
-        chunk_len = op.CastLike(ends - starts, query)
-        chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
-        chunk_sum = op.ReduceSum(op.Where(inside, pair, op.CastLike(0.0, query)), three, keepdims=0)
-        chunk_rep_t = op.Transpose(chunk_sum / op.Unsqueeze(chunk_norm, last_axis), perm=[0, 1, 3, 2])  # (B, Hkv, D, C)
+        inside = op.And(op.Unsqueeze(starts, last_axis) <= pair_pos, pair_pos < op.Unsqueeze(ends, last_axis))
+        inside = op.Unsqueeze(inside, last_axis)  # (B, Hkv, C, 2 * chunk, 1)
+        if use_bound:
+            high = op.ReduceMax(op.Where(inside, pair, -big), three, keepdims=0)  # (B, Hkv, C, D)
+            low = op.ReduceMin(op.Where(inside, pair, big), three, keepdims=0)
+            bounds_t = op.Transpose(op.Concat(high, low, axis=-1), perm=[0, 1, 3, 2])  # (B, Hkv, 2D, C)
+        else:
+            bounds_t = op.Slice(pair, zero, zero, three)  # unused
+        if use_mean:
+            chunk_len = op.CastLike(ends - starts, query)
+            chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
+            chunk_sum = op.ReduceSum(op.Where(inside, pair, op.CastLike(0.0, query)), three, keepdims=0)
+            chunk_rep_t = op.Transpose(chunk_sum / op.Unsqueeze(chunk_norm, last_axis),
+                                       perm=[0, 1, 3, 2])  # (B, Hkv, D, C)
+        else:
+            chunk_rep_t = op.Slice(pair, zero, zero, three)  # unused
         rank_values = op.Unsqueeze(chunk_index, op.Constant(value_ints=[0, 1, 2]))  # (1, 1, 1, C): 0, 1, 2, ...
 
         padded_len = n_blocks * L
         q_pad = op.Pad(query, op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0))
-        blocks6 = op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0)
-        q_blocks = op.Reshape(q_pad, blocks6)  # (B, Hkv, G, NB, L, D)
+        q_blocks = op.Reshape(q_pad, op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0))  # (B, Hkv, G, NB, L, D)
         block_index = op.Range(op.Squeeze(zero), op.Squeeze(n_blocks), op.Constant(value_int=1))
         block_start = block_index * L
         block_len = op.CastLike(op.Min(seq - block_start, L), query)
         block_norm = op.Unsqueeze(op.Where(scaled, op.Sqrt(block_len), block_len), one)  # (NB, 1)
         q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
-                                        op.Concat(n_blocks, L, axis=0)), op.Constant(value_ints=[-1]))  # (NB, L, 1)
+                                        op.Concat(n_blocks, L, axis=0)), last_axis)  # (NB, L, 1)
+        oldest = q_pos - window  # (NB, L, 1): a query sees keys after this position
 
         # keys each block may see (causal, window) and must keep (sink, local), (NB, S)
         last_query = op.Unsqueeze(op.Min(block_start + L, seq) - one, one)  # (NB, 1)
@@ -347,17 +353,17 @@ def DHSAAttention(
         sink = op.Constant(value_int=sink_tokens)
         local = op.Constant(value_int=local_tokens)
         forced = op.And(op.Or(pos < sink, pos >= op.Unsqueeze(block_start, one) - local), visible)
-        k = op.Min(budget, seq)
 
-        # 3-4. per Loop step, a slice of query blocks (~2048 queries): score chunks, upsample them to
-        #      tokens, keep the top K keys, gather them and attend; memory does not grow with S
+        # 3-4. per Loop step, a slice of query blocks (~4096 queries): score chunks, give every key its chunk's
+        #      score, keep the top K keys, gather them and attend; memory does not grow with S
         q6 = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
         head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
         head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
-        rows = op.Concat(op.Constant(value_ints=[-1]), dim, axis=0)
+        rows = op.Concat(last_axis, dim, axis=0)
         key_rows = op.Reshape(key, rows)  # (B * Hkv * S, D)
         value_rows = op.Reshape(value, rows)
-        per_step = op.Max(op.Div(op.Constant(value_ints=[2048]), L), one)  # query blocks per step
+        key_chunk = op.Unsqueeze(key_chunk, two)  # (B, Hkv, 1, S)
+        per_step = op.Max(op.Div(op.Constant(value_ints=[QUERIES_PER_STEP]), L), one)  # query blocks per step
         n_steps = op.Div(n_blocks + per_step - one, per_step)
         out = op.Slice(q6, zero, zero, two)  # (B, Hkv, 0, G, L, D): grows by one slice per step
         for step in range(op.Squeeze(n_steps)):
@@ -366,38 +372,53 @@ def DHSAAttention(
             count = hi - lo
             q_step = op.Slice(q_blocks, lo, hi, three)  # (B, Hkv, G, T, L, D)
             qp = op.Slice(q_pos, lo, hi, zero)  # (T, L, 1)
-            # "bound": max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low
-            bound = op.Add(op.MatMul(op.Relu(q_step), high6),
-                           op.MatMul(op.Min(q_step, op.CastLike(0.0, query)), low6))  # (B, Hkv, G, T, L, C)
-            bound = op.Where(qp < seq, bound, -big)  # padding rows never win
-            bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
-            # "mean": the block's mean query . chunk representation
-            block_sum = op.ReduceMean(op.ReduceSum(q_step, op.Constant(value_ints=[4]), keepdims=0),
-                                      op.Constant(value_ints=[2]), keepdims=0)  # (B, Hkv, T, D)
-            mean = op.MatMul(block_sum / op.Slice(block_norm, lo, hi, zero), chunk_rep_t)  # (B, Hkv, T, C)
-            # "both": interleave the two rankings of the chunks the block can see, the mean's first
             can_see = op.Unsqueeze(starts, two) <= op.Slice(last_query, lo, hi, zero)  # (B, Hkv, T, C)
-            _, by_bound = op.TopK(op.Where(can_see, bound, -big), n_chunks, axis=-1, largest=1, sorted=1)
-            _, by_mean = op.TopK(op.Where(can_see, mean, -big), n_chunks, axis=-1, largest=1, sorted=1)
-            ranks = op.Expand(rank_values, op.Shape(by_bound))
-            bound_rank = op.ScatterElements(by_bound, by_bound, ranks, axis=-1)
-            mean_rank = op.ScatterElements(by_mean, by_mean, ranks, axis=-1)
-            both = op.Neg(op.CastLike(op.Min(bound_rank, mean_rank) * two
-                                      + op.Cast(bound_rank < mean_rank, to=INT64.dtype), query))
-            chunk_scores = op.Where(mode == op.Constant(value_int=0), mean,
-                                    op.Where(mode == op.Constant(value_int=1), bound, both))
-            scores = op.MatMul(chunk_scores, member_f)  # (B, Hkv, T, S)
+            if use_bound:
+                # "bound": max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low, one matmul
+                # over all the step's queries of a KV head: (G * T * L, 2D) @ (2D, C)
+                split = op.Concat(op.Relu(q_step), op.Min(q_step, op.CastLike(0.0, query)), axis=-1)
+                split = op.Reshape(split, op.Concat(batch, kv_heads, last_axis, dim + dim, axis=0))
+                bound = op.Reshape(op.MatMul(split, bounds_t), op.Concat(batch, kv_heads, group, count, L,
+                                                                         last_axis, axis=0))  # (B, Hkv, G, T, L, C)
+                bound = op.Where(qp < seq, bound, -big)  # padding rows never win
+                bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
+            else:
+                bound = op.CastLike(can_see, query)  # unused
+            if use_mean:
+                # "mean": the block's mean query . chunk representation
+                block_sum = op.ReduceMean(op.ReduceSum(q_step, op.Constant(value_ints=[4]), keepdims=0),
+                                          two, keepdims=0)  # (B, Hkv, T, D)
+                mean = op.MatMul(block_sum / op.Slice(block_norm, lo, hi, zero), chunk_rep_t)  # (B, Hkv, T, C)
+            else:
+                mean = bound
+            if op.And(use_mean, use_bound):
+                # "both": interleave the two rankings of the chunks the block can see, the mean's first
+                _, by_bound = op.TopK(op.Where(can_see, bound, -big), n_chunks, axis=-1, largest=1, sorted=1)
+                _, by_mean = op.TopK(op.Where(can_see, mean, -big), n_chunks, axis=-1, largest=1, sorted=1)
+                ranks = op.Expand(rank_values, op.Shape(by_bound))
+                bound_rank = op.ScatterElements(by_bound, by_bound, ranks, axis=-1)
+                mean_rank = op.ScatterElements(by_mean, by_mean, ranks, axis=-1)
+                chunk_scores = op.Neg(op.CastLike(op.Min(bound_rank, mean_rank) * two
+                                                  + op.Cast(bound_rank < mean_rank, to=INT64.dtype), query))
+            else:
+                chunk_scores = op.Identity(mean)
+            # every key takes its chunk's score (a gather, exactly what the 0/1 membership matmul gave)
+            step_chunk = op.Expand(key_chunk, op.Concat(batch, kv_heads, count, seq, axis=0))
+            scores = op.GatherElements(chunk_scores, step_chunk, axis=-1)  # (B, Hkv, T, S)
             scores = op.Where(op.Slice(visible, lo, hi, zero), scores, -big)
             scores = op.Where(op.Slice(forced, lo, hi, zero), big, scores)
             _, kept_s = op.TopK(scores, k, axis=-1, largest=1, sorted=1)  # (B, Hkv, T, K)
 
-            flat = op.Reshape(kept_s + head_base, op.Constant(value_ints=[-1]))
+            flat = op.Reshape(kept_s + head_base, last_axis)
             gathered = op.Concat(batch * kv_heads * count, one, k, dim, axis=0)
             k_s = op.Reshape(op.Gather(key_rows, flat, axis=0), gathered)  # (B * Hkv * T, 1, K, D)
             v_s = op.Reshape(op.Gather(value_rows, flat, axis=0), gathered)
             q_s = op.Reshape(op.Slice(q6, lo, hi, two), op.Concat(batch * kv_heads * count, group, L, dim, axis=0))
-            key_pos = op.Unsqueeze(kept_s, op.Constant(value_ints=[3]))  # (B, Hkv, T, 1, K)
-            allowed = op.And(key_pos <= qp, qp - key_pos < window)  # (B, Hkv, T, L, K)
+            key_pos = op.Unsqueeze(kept_s, three)  # (B, Hkv, T, 1, K)
+            if windowed:
+                allowed = op.And(key_pos <= qp, key_pos > op.Slice(oldest, lo, hi, zero))  # (B, Hkv, T, L, K)
+            else:
+                allowed = key_pos <= qp
             allowed = op.Reshape(allowed, op.Concat(batch * kv_heads * count, one, L, k, axis=0))
             o = op.Attention(q_s, k_s, v_s, allowed, scale=1.0, softcap=softcap)  # (B * Hkv * T, G, L, D)
             out = op.Concat(out, op.Reshape(o, op.Concat(batch, kv_heads, count, group, L, dim, axis=0)), axis=2)
