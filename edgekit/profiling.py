@@ -56,7 +56,7 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
             row = _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout_s, memory_limit_mb,
                                          decode_tokens)
             if breakdown and row["status"] == "ok" and Path(model).suffix != ".gguf":
-                row["breakdown"] = _breakdown_in_subprocess(model, workload, ep, threads, timeout_s)
+                row["breakdown"] = _breakdown_in_subprocess(model, workload, min(warmup, 1), ep, threads, timeout_s)
             results.append(row)
     results.sort(key=lambda r: models.index(r["model"]))  # stable: grouped by model, workloads in order
     for row in results:
@@ -231,10 +231,12 @@ def _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout
     return {**base, "status": "error", "error": f"worker exited with {proc.returncode}: {tail[:300]}"}
 
 
-def _breakdown_in_subprocess(model: str, workload: dict, ep: str, threads: int | None,
+def _breakdown_in_subprocess(model: str, workload: dict, warmup: int, ep: str, threads: int | None,
                              timeout_s: float | None) -> dict:
-    """edgekit.breakdown in a fresh process (one warm-up, two profiled runs); a failure is recorded in it."""
-    cmd = [sys.executable, "-m", "edgekit.breakdown", model, json.dumps(workload), "--ep", ep]
+    """edgekit.breakdown in a fresh process (`warmup` runs, then one profiled run: a long prompt is costly);
+    a failure is recorded in the breakdown, the point keeps its timing."""
+    cmd = [sys.executable, "-m", "edgekit.breakdown", model, json.dumps(workload), "--ep", ep, "--runs", "1",
+           "--warmup", str(warmup)]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     try:

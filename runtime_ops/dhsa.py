@@ -54,7 +54,7 @@ from .attention_inputs import check_qkv, qkv_sample
 from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register
 
 edgekit_opset = Opset(DOMAIN, DOMAIN_OPSET)
-QUERIES_PER_STEP = 4096  # queries per Loop step of the ONNX body: large Attention batches, few Concat copies
+QUERIES_PER_STEP = 8192  # queries per Loop step of the ONNX body: large Attention batches, few Concat copies
 
 ATTRIBUTES = (
     Attribute("block_size", 128, "query tokens that share one key selection", minimum=1),
@@ -337,12 +337,21 @@ def DHSAAttention(
         rank_values = op.Unsqueeze(chunk_index, op.Constant(value_ints=[0, 1, 2]))  # (1, 1, 1, C): 0, 1, 2, ...
 
         padded_len = n_blocks * L
-        q_pad = op.Pad(query, op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0))
-        q_blocks = op.Reshape(q_pad, op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0))  # (B, Hkv, G, NB, L, D)
+        # the last block's padding rows repeat its last query: the block's bound (a max over its rows) is
+        # unchanged, so no mask is needed; the mean sums zero-padded rows
+        q_pads = op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0)
+        blocks6 = op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0)
+        q_blocks = op.Reshape(op.Pad(query, q_pads, mode="edge"), blocks6)  # (B, Hkv, G, NB, L, D)
         block_index = op.Range(op.Squeeze(zero), op.Squeeze(n_blocks), op.Constant(value_int=1))
         block_start = block_index * L
         block_len = op.CastLike(op.Min(seq - block_start, L), query)
         block_norm = op.Unsqueeze(op.Where(scaled, op.Sqrt(block_len), block_len), one)  # (NB, 1)
+        if use_mean:  # the block's mean query (over its rows and the group's heads), (B, Hkv, NB, D)
+            q_zero = op.Reshape(op.Pad(query, q_pads), blocks6)
+            block_rep = op.ReduceMean(op.ReduceSum(q_zero, op.Constant(value_ints=[4]), keepdims=0), two,
+                                      keepdims=0) / block_norm
+        else:
+            block_rep = op.Slice(q_blocks, zero, zero, three)  # unused
         q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
                                         op.Concat(n_blocks, L, axis=0)), last_axis)  # (NB, L, 1)
         oldest = q_pos - window  # (NB, L, 1): a query sees keys after this position
@@ -354,7 +363,7 @@ def DHSAAttention(
         local = op.Constant(value_int=local_tokens)
         forced = op.And(op.Or(pos < sink, pos >= op.Unsqueeze(block_start, one) - local), visible)
 
-        # 3-4. per Loop step, a slice of query blocks (~4096 queries): score chunks, give every key its chunk's
+        # 3-4. per Loop step, a slice of query blocks (~8192 queries): score chunks, give every key its chunk's
         #      score, keep the top K keys, gather them and attend; memory does not grow with S
         q6 = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
         head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
@@ -380,15 +389,12 @@ def DHSAAttention(
                 split = op.Reshape(split, op.Concat(batch, kv_heads, last_axis, dim + dim, axis=0))
                 bound = op.Reshape(op.MatMul(split, bounds_t), op.Concat(batch, kv_heads, group, count, L,
                                                                          last_axis, axis=0))  # (B, Hkv, G, T, L, C)
-                bound = op.Where(qp < seq, bound, -big)  # padding rows never win
                 bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
             else:
                 bound = op.CastLike(can_see, query)  # unused
             if use_mean:
                 # "mean": the block's mean query . chunk representation
-                block_sum = op.ReduceMean(op.ReduceSum(q_step, op.Constant(value_ints=[4]), keepdims=0),
-                                          two, keepdims=0)  # (B, Hkv, T, D)
-                mean = op.MatMul(block_sum / op.Slice(block_norm, lo, hi, zero), chunk_rep_t)  # (B, Hkv, T, C)
+                mean = op.MatMul(op.Slice(block_rep, lo, hi, two), chunk_rep_t)  # (B, Hkv, T, C)
             else:
                 mean = bound
             if op.And(use_mean, use_bound):
