@@ -33,9 +33,13 @@ interleaved ranking (`chunk_score=2`) the default and reduces chunk sums over tw
 Inputs: query (B, Hq, S, D) after RoPE, key and value (B, Hkv, S, D) with Hq % Hkv == 0 (GQA).
 Output: (B, Hq, S, D).
 
-The ONNX body runs ONNX `Attention` directly when S <= budget. Otherwise it gathers the kept
-keys/values of every query block and runs ONNX `Attention` over ~2048 queries per `Loop` step: the work
-is a few large MatMuls, never an S x S matrix, and peak memory stays flat as S grows.
+The ONNX body runs ONNX `Attention` directly (the fused is_causal node of the dense export) when
+S <= budget. Otherwise, without a window, the first floor(K / block_size) blocks see at most K keys, so keep
+all of them: one fused causal `Attention`. Every later block keeps its own keys (they are local) and the
+top K - block_size earlier keys; a `Loop` over slices of blocks (~8192 queries a step) gathers those and
+passes them as `Attention`'s past key/value, whose causal mask is aligned to the end: each query sees all
+of them and its block's keys up to itself, with no mask tensor. The work is a few large MatMuls, never an
+S x S matrix, and peak memory stays flat as S grows. A window needs a mask (built per step).
 """
 
 from __future__ import annotations
@@ -337,57 +341,72 @@ def DHSAAttention(
         rank_values = op.Unsqueeze(chunk_index, op.Constant(value_ints=[0, 1, 2]))  # (1, 1, 1, C): 0, 1, 2, ...
 
         padded_len = n_blocks * L
-        # the last block's padding rows repeat its last query: the block's bound (a max over its rows) is
-        # unchanged, so no mask is needed; the mean sums zero-padded rows
         q_pads = op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0)
-        blocks6 = op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0)
-        q_blocks = op.Reshape(op.Pad(query, q_pads, mode="edge"), blocks6)  # (B, Hkv, G, NB, L, D)
         block_index = op.Range(op.Squeeze(zero), op.Squeeze(n_blocks), op.Constant(value_int=1))
         block_start = block_index * L
         block_len = op.CastLike(op.Min(seq - block_start, L), query)
         block_norm = op.Unsqueeze(op.Where(scaled, op.Sqrt(block_len), block_len), one)  # (NB, 1)
         if use_mean:  # the block's mean query (over its rows and the group's heads), (B, Hkv, NB, D)
-            q_zero = op.Reshape(op.Pad(query, q_pads), blocks6)
+            q_zero = op.Reshape(op.Pad(query, q_pads), op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0))
             block_rep = op.ReduceMean(op.ReduceSum(q_zero, op.Constant(value_ints=[4]), keepdims=0), two,
                                       keepdims=0) / block_norm
         else:
-            block_rep = op.Slice(q_blocks, zero, zero, three)  # unused
-        q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
-                                        op.Concat(n_blocks, L, axis=0)), last_axis)  # (NB, L, 1)
-        oldest = q_pos - window  # (NB, L, 1): a query sees keys after this position
+            block_rep = op.Slice(query, zero, zero, two)  # unused
 
-        # keys each block may see (causal, window) and must keep (sink, local), (NB, S)
+        # keys before each block it may see (window) and must keep (sink, local), (NB, S); the block's own
+        # keys are always kept (they are local): they are taken whole, not selected
         last_query = op.Unsqueeze(op.Min(block_start + L, seq) - one, one)  # (NB, 1)
-        visible = op.And(pos <= last_query, pos > op.Unsqueeze(block_start, one) - window)
+        starts_at = op.Unsqueeze(block_start, one)  # (NB, 1)
+        visible_pre = op.And(pos < starts_at, pos > starts_at - window)
         sink = op.Constant(value_int=sink_tokens)
         local = op.Constant(value_int=local_tokens)
-        forced = op.And(op.Or(pos < sink, pos >= op.Unsqueeze(block_start, one) - local), visible)
+        forced_pre = op.And(op.Or(pos < sink, pos >= starts_at - local), visible_pre)
 
-        # 3-4. per Loop step, a slice of query blocks (~8192 queries): score chunks, give every key its chunk's
-        #      score, keep the top K keys, gather them and attend; memory does not grow with S
-        q6 = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
+        # 3. without a window, a block that sees at most K keys keeps all of them: the first floor(K / L)
+        #    blocks are dense causal attention, one fused is_causal node
+        if windowed:
+            first = op.Constant(value_ints=[0])
+            head = op.Slice(query, zero, zero, two)  # (B, Hq, 0, D)
+        else:
+            first = op.Div(k, L)
+            prefix = first * L
+            head = op.Attention(op.Slice(query, zero, prefix, two) * q_scale, op.Slice(key, zero, prefix, two),
+                                op.Slice(value, zero, prefix, two), is_causal=1, scale=1.0, softcap=softcap)
+
+        # 4. per Loop step, a slice of whole blocks (~8192 queries; the ragged last block in a step of its
+        #    own): score chunks, give every earlier key its chunk's score, keep the top K - L of them, gather
+        #    them and attend over them (the cache: every query sees all of them) and the block's own keys
+        #    (causal); memory does not grow with S
         head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
         head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
         rows = op.Concat(last_axis, dim, axis=0)
         key_rows = op.Reshape(key, rows)  # (B * Hkv * S, D)
         value_rows = op.Reshape(value, rows)
         key_chunk = op.Unsqueeze(key_chunk, two)  # (B, Hkv, 1, S)
+        n_full = op.Div(seq, L)
+        ragged = seq - n_full * L
         per_step = op.Max(op.Div(op.Constant(value_ints=[QUERIES_PER_STEP]), L), one)  # query blocks per step
-        n_steps = op.Div(n_blocks + per_step - one, per_step)
-        out = op.Slice(q6, zero, zero, two)  # (B, Hkv, 0, G, L, D): grows by one slice per step
+        n_mid_steps = op.Div(n_full - first + per_step - one, per_step)
+        n_steps = n_mid_steps + op.Cast(ragged > zero, to=INT64.dtype)
+        out = op.Slice(query, zero, zero, two)  # (B, Hq, 0, D): grows by one slice per step
         for step in range(op.Squeeze(n_steps)):
-            lo = op.Reshape(step, one) * per_step
-            hi = op.Min(lo + per_step, n_blocks)
+            s1 = op.Reshape(step, one)
+            whole = s1 < n_mid_steps
+            lo = op.Where(whole, first + s1 * per_step, n_full)
+            hi = op.Where(whole, op.Min(lo + per_step, n_full), n_full + one)
             count = hi - lo
-            q_step = op.Slice(q_blocks, lo, hi, three)  # (B, Hkv, G, T, L, D)
-            qp = op.Slice(q_pos, lo, hi, zero)  # (T, L, 1)
+            own = op.Where(whole, L, ragged)  # the step's block length
+            q_lo = lo * L
+            q_hi = q_lo + count * own
+            q_step = op.Reshape(op.Slice(query, q_lo, q_hi, two),
+                                op.Concat(batch, kv_heads, group, count, own, dim, axis=0))  # (B, Hkv, G, T, L, D)
             can_see = op.Unsqueeze(starts, two) <= op.Slice(last_query, lo, hi, zero)  # (B, Hkv, T, C)
             if use_bound:
                 # "bound": max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low, one matmul
                 # over all the step's queries of a KV head: (G * T * L, 2D) @ (2D, C)
                 split = op.Concat(op.Relu(q_step), op.Min(q_step, op.CastLike(0.0, query)), axis=-1)
                 split = op.Reshape(split, op.Concat(batch, kv_heads, last_axis, dim + dim, axis=0))
-                bound = op.Reshape(op.MatMul(split, bounds_t), op.Concat(batch, kv_heads, group, count, L,
+                bound = op.Reshape(op.MatMul(split, bounds_t), op.Concat(batch, kv_heads, group, count, own,
                                                                          last_axis, axis=0))  # (B, Hkv, G, T, L, C)
                 bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
             else:
@@ -411,26 +430,37 @@ def DHSAAttention(
             # every key takes its chunk's score (a gather, exactly what the 0/1 membership matmul gave)
             step_chunk = op.Expand(key_chunk, op.Concat(batch, kv_heads, count, seq, axis=0))
             scores = op.GatherElements(chunk_scores, step_chunk, axis=-1)  # (B, Hkv, T, S)
-            scores = op.Where(op.Slice(visible, lo, hi, zero), scores, -big)
-            scores = op.Where(op.Slice(forced, lo, hi, zero), big, scores)
-            _, kept_s = op.TopK(scores, k, axis=-1, largest=1, sorted=1)  # (B, Hkv, T, K)
+            scores = op.Where(op.Slice(visible_pre, lo, hi, zero), scores, -big)
+            scores = op.Where(op.Slice(forced_pre, lo, hi, zero), big, scores)
+            k_pre = k - own
+            _, kept_s = op.TopK(scores, k_pre, axis=-1, largest=1, sorted=1)  # (B, Hkv, T, K - L)
 
+            n = batch * kv_heads * count
             flat = op.Reshape(kept_s + head_base, last_axis)
-            gathered = op.Concat(batch * kv_heads * count, one, k, dim, axis=0)
-            k_s = op.Reshape(op.Gather(key_rows, flat, axis=0), gathered)  # (B * Hkv * T, 1, K, D)
+            gathered = op.Concat(n, one, k_pre, dim, axis=0)
+            k_s = op.Reshape(op.Gather(key_rows, flat, axis=0), gathered)  # (B * Hkv * T, 1, K - L, D)
             v_s = op.Reshape(op.Gather(value_rows, flat, axis=0), gathered)
-            q_s = op.Reshape(op.Slice(q6, lo, hi, two), op.Concat(batch * kv_heads * count, group, L, dim, axis=0))
-            key_pos = op.Unsqueeze(kept_s, three)  # (B, Hkv, T, 1, K)
+            own4 = op.Concat(n, one, own, dim, axis=0)
+            k_own = op.Reshape(op.Slice(key, q_lo, q_hi, two), own4)  # (B * Hkv * T, 1, L, D)
+            v_own = op.Reshape(op.Slice(value, q_lo, q_hi, two), own4)
+            q_s = op.Reshape(op.Transpose(q_step, perm=[0, 1, 3, 2, 4, 5]) * q_scale,
+                             op.Concat(n, group, own, dim, axis=0))  # (B * Hkv * T, G, L, D)
             if windowed:
-                allowed = op.And(key_pos <= qp, key_pos > op.Slice(oldest, lo, hi, zero))  # (B, Hkv, T, L, K)
+                qp = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(q_lo), op.Squeeze(q_hi), op.Constant(value_int=1)),
+                                             op.Concat(count, own, axis=0)), last_axis)  # (T, L, 1)
+                pre_pos = op.Unsqueeze(kept_s, three)  # (B, Hkv, T, 1, K - L)
+                pre_ok = op.And(pre_pos < op.Slice(qp, zero, one, one), pre_pos > qp - window)
+                offset = op.Range(op.Squeeze(zero), op.Squeeze(own), op.Constant(value_int=1))
+                gap = op.Unsqueeze(offset, one) - offset  # (L, L) query offset - key offset
+                own_ok = op.Expand(op.And(gap >= 0, gap < window), op.Concat(batch, kv_heads, count, own, own, axis=0))
+                allowed = op.Reshape(op.Concat(pre_ok, own_ok, axis=-1), op.Concat(n, one, own, k, axis=0))
+                o, _, _ = op.Attention(q_s, k_own, v_own, allowed, k_s, v_s, scale=1.0, softcap=softcap)
             else:
-                allowed = key_pos <= qp
-            allowed = op.Reshape(allowed, op.Concat(batch * kv_heads * count, one, L, k, axis=0))
-            o = op.Attention(q_s, k_s, v_s, allowed, scale=1.0, softcap=softcap)  # (B * Hkv * T, G, L, D)
-            out = op.Concat(out, op.Reshape(o, op.Concat(batch, kv_heads, count, group, L, dim, axis=0)), axis=2)
-        out = op.Transpose(out, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, G, NB, L, D)
-        out = op.Reshape(out, op.Concat(batch, q_heads, padded_len, dim, axis=0))
-        result = op.Slice(out, zero, seq, two)
+                o, _, _ = op.Attention(q_s, k_own, v_own, None, k_s, v_s, is_causal=1, scale=1.0, softcap=softcap)
+            o = op.Transpose(op.Reshape(o, op.Concat(batch, kv_heads, count, group, own, dim, axis=0)),
+                             perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, G, T, L, D)
+            out = op.Concat(out, op.Reshape(o, op.Concat(batch, q_heads, count * own, dim, axis=0)), axis=2)
+        result = op.Concat(head, out, axis=2)
     return result
 
 
@@ -456,9 +486,12 @@ def samples() -> list[Sample]:
         s("ragged_S257_block32_chunk24", 1, 4, 2, 257, 16, block_size=32, chunk_size=24, budget_tokens=96),
         s("S600_block32_budget128", 1, 4, 2, 600, 32, block_size=32, chunk_size=16, budget_tokens=128,
           sink_tokens=16, local_tokens=32),
-        # the ONNX body attends in Loop steps of ~2048 queries: S = 2100 takes two steps, the last one ragged
+        # the ONNX body's Loop: S = 2100 takes one step of whole blocks and one for the ragged last block;
+        # S = 8600 two of whole blocks (8192 queries each at most) and the ragged one
         s("two_loop_steps_S2100", 1, 2, 1, 2100, 8, block_size=32, chunk_size=16, budget_tokens=96,
           sink_tokens=16, local_tokens=32),
+        s("three_loop_steps_S8600", 1, 2, 1, 8600, 4, block_size=64, chunk_size=32, budget_tokens=256,
+          sink_tokens=16, local_tokens=64),
         s("chunk_gt_S", 1, 2, 1, 50, 16, chunk_size=64, block_size=8, budget_tokens=32, sink_tokens=4,
           local_tokens=8),
         s("chunk1_block1", 1, 2, 1, 50, 8, chunk_size=1, block_size=1, budget_tokens=32),
