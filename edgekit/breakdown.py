@@ -58,7 +58,8 @@ class Rule:
     category: str
 
 
-# first match wins
+# first match wins. In a DHSA body, float copies (transposes, concats, slices around the gathers and of the
+# output) count as selection; float math before the top-k (boundaries, summaries, scores) as chunk scoring.
 RULES = (
     Rule("DHSAAttention", frozenset({"Attention"}), None, "kept attention"),
     Rule("DHSAAttention", INDEX_OPS, None, "selection"),  # top-k of chunks and keys, key / value gathers
@@ -112,6 +113,7 @@ class Node:
     dur: int  # us
     output: str
     children_us: int = 0  # time of the body nodes a Loop / If ran
+    parent: "Node | None" = None  # the innermost Loop / If whose span holds this node
 
     @property
     def end(self) -> int:
