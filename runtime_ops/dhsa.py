@@ -427,12 +427,17 @@ def DHSAAttention(
                                                   + op.Cast(bound_rank < mean_rank, to=INT64.dtype), query))
             else:
                 chunk_scores = op.Identity(mean)
-            # every key takes its chunk's score (a gather, exactly what the 0/1 membership matmul gave)
-            step_chunk = op.Expand(key_chunk, op.Concat(batch, kv_heads, count, seq, axis=0))
-            scores = op.GatherElements(chunk_scores, step_chunk, axis=-1)  # (B, Hkv, T, S)
-            scores = op.Where(op.Slice(visible_pre, lo, hi, zero), scores, -big)
-            scores = op.Where(op.Slice(forced_pre, lo, hi, zero), big, scores)
+            # every key before the step's last block takes its chunk's score (a gather, exactly what the 0/1
+            # membership matmul gave); later keys are no candidates (a window keeps K - L of them: masked)
             k_pre = k - own
+            span = op.Max((hi - one) * L, k_pre)
+            step_chunk = op.Expand(op.Slice(key_chunk, zero, span, three), op.Concat(batch, kv_heads, count, span,
+                                                                                   axis=0))
+            scores = op.GatherElements(chunk_scores, step_chunk, axis=-1)  # (B, Hkv, T, span)
+            step_keys = op.Concat(op.Reshape(lo, one), zero, axis=0)
+            step_end = op.Concat(op.Reshape(hi, one), span, axis=0)
+            scores = op.Where(op.Slice(visible_pre, step_keys, step_end, op.Constant(value_ints=[0, 1])), scores, -big)
+            scores = op.Where(op.Slice(forced_pre, step_keys, step_end, op.Constant(value_ints=[0, 1])), big, scores)
             _, kept_s = op.TopK(scores, k_pre, axis=-1, largest=1, sorted=1)  # (B, Hkv, T, K - L)
 
             n = batch * kv_heads * count
