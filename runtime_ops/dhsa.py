@@ -36,7 +36,7 @@ Output: (B, Hq, S, D).
 The ONNX body runs ONNX `Attention` directly (the fused is_causal node of the dense export) when
 S <= budget. Otherwise, without a window, the first floor(K / block_size) blocks see at most K keys, so keep
 all of them: one fused causal `Attention`. Every later block keeps its own keys (they are local) and the
-top K - block_size earlier keys; a `Loop` over slices of blocks (~8192 queries a step) gathers those and
+top K - block_size earlier keys; a `Loop` over slices of blocks (~4096 queries a step) gathers those and
 passes them as `Attention`'s past key/value, whose causal mask is aligned to the end: each query sees all
 of them and its block's keys up to itself, with no mask tensor. The work is a few large MatMuls, never an
 S x S matrix, and peak memory stays flat as S grows. A window needs a mask (built per step).
@@ -58,7 +58,7 @@ from .attention_inputs import check_qkv, qkv_sample
 from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register
 
 edgekit_opset = Opset(DOMAIN, DOMAIN_OPSET)
-QUERIES_PER_STEP = 8192  # queries per Loop step of the ONNX body: large Attention batches, few Concat copies
+QUERIES_PER_STEP = 4096  # queries per Loop step of the ONNX body: large Attention batches, few Concat copies
 
 ATTRIBUTES = (
     Attribute("block_size", 128, "query tokens that share one key selection", minimum=1),
@@ -373,7 +373,7 @@ def DHSAAttention(
             head = op.Attention(op.Slice(query, zero, prefix, two) * q_scale, op.Slice(key, zero, prefix, two),
                                 op.Slice(value, zero, prefix, two), is_causal=1, scale=1.0, softcap=softcap)
 
-        # 4. per Loop step, a slice of whole blocks (~8192 queries; the ragged last block in a step of its
+        # 4. per Loop step, a slice of whole blocks (~4096 queries; the ragged last block in a step of its
         #    own): score chunks, give every earlier key its chunk's score, keep the top K - L of them, gather
         #    them and attend over them (the cache: every query sees all of them) and the block's own keys
         #    (causal); memory does not grow with S
@@ -492,10 +492,10 @@ def samples() -> list[Sample]:
         s("S600_block32_budget128", 1, 4, 2, 600, 32, block_size=32, chunk_size=16, budget_tokens=128,
           sink_tokens=16, local_tokens=32),
         # the ONNX body's Loop: S = 2100 takes one step of whole blocks and one for the ragged last block;
-        # S = 8600 two of whole blocks (8192 queries each at most) and the ragged one
+        # S = 8600 three of whole blocks (4096 queries each at most) and the ragged one
         s("two_loop_steps_S2100", 1, 2, 1, 2100, 8, block_size=32, chunk_size=16, budget_tokens=96,
           sink_tokens=16, local_tokens=32),
-        s("three_loop_steps_S8600", 1, 2, 1, 8600, 4, block_size=64, chunk_size=32, budget_tokens=256,
+        s("many_loop_steps_S8600", 1, 2, 1, 8600, 4, block_size=64, chunk_size=32, budget_tokens=256,
           sink_tokens=16, local_tokens=64),
         s("chunk_gt_S", 1, 2, 1, 50, 16, chunk_size=64, block_size=8, budget_tokens=32, sink_tokens=4,
           local_tokens=8),
