@@ -23,7 +23,7 @@ CI_BASELINE ?= benchmarks/ci-baseline/$(CI_EP)
 CI_FAIL_ON  ?= latency:+150%,memory:+100%
 CI_RESULTS  := $(CI_DIR)/llama.json $(CI_DIR)/litv2.json
 
-.PHONY: setup demo test setup-llamacpp test-llamacpp bench bench-short bench-llamacpp-sweep bench-gemma3 bench-hilo bench-policy profile-ci profile-ci-baseline clean
+.PHONY: setup demo test setup-llamacpp test-llamacpp bench bench-short bench-llamacpp-sweep bench-gemma3 bench-hilo bench-policy bench-dhsa profile-ci profile-ci-baseline clean
 
 $(BIN)/edgekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,30 @@ bench-gemma3: setup
 	$(BIN)/edgekit profile $(BENCH_DIR)/gemma3/dense.onnx $(BENCH_DIR)/gemma3/dhsa.onnx --seq-lens 4096,16384,32768 \
 	    --repeat 1 --warmup 0 --timeout 1500 --json $(BENCH_DIR)/gemma3/profile.json \
 	    --plot $(BENCH_DIR)/gemma3/profile.png | tee $(BENCH_DIR)/gemma3/profile.md
+
+# DHSA speed on real SmolLM2-135M, 2 threads: dense vs DHSA 2K-32K and DHSA alone at 64K, each point with its
+# per-node breakdown; an sgemm probe; the FLOPs DHSA must do and the targets (benchmarks/dhsa_speed.py).
+# A quiet 2-core machine: about 45 minutes. Memory stays inside DHSA_MEM_MB (dense runs out of it at 32K).
+DHSA_THREADS ?= 2
+DHSA_MEM_MB  ?= 22000
+DHSA_WARMUP  ?= 0
+DHSA_DIR     ?= $(BENCH_DIR)/dhsa-speed
+DHSA_PROFILE  = $(BIN)/edgekit profile --threads $(DHSA_THREADS) --memory-limit-mb $(DHSA_MEM_MB) --repeat 1 --breakdown
+
+bench-dhsa: setup
+	mkdir -p $(DHSA_DIR)
+	$(BIN)/python benchmarks/dhsa_speed.py probe --model smollm2-135m --threads $(DHSA_THREADS) --json $(DHSA_DIR)/sgemm.json
+	$(BIN)/edgekit export smollm2-135m --method dense -o $(DHSA_DIR)/dense.onnx
+	$(BIN)/edgekit export smollm2-135m --method dhsa -o $(DHSA_DIR)/dhsa.onnx
+	$(DHSA_PROFILE) --warmup $(DHSA_WARMUP) $(DHSA_DIR)/dense.onnx $(DHSA_DIR)/dhsa.onnx --seq-lens 2048,4096,8192,16384 \
+	    --json $(DHSA_DIR)/short.json | tee $(DHSA_DIR)/short.md
+	$(DHSA_PROFILE) --warmup $(DHSA_WARMUP) $(DHSA_DIR)/dense.onnx $(DHSA_DIR)/dhsa.onnx --seq-lens 32768 \
+	    --json $(DHSA_DIR)/32k.json | tee $(DHSA_DIR)/32k.md
+	$(DHSA_PROFILE) --warmup $(DHSA_WARMUP) $(DHSA_DIR)/dhsa.onnx --seq-lens 65536 --json $(DHSA_DIR)/64k.json | tee $(DHSA_DIR)/64k.md
+	$(BIN)/edgekit report $(DHSA_DIR)/short.json $(DHSA_DIR)/32k.json $(DHSA_DIR)/64k.json -o $(DHSA_DIR)/report.html
+	$(BIN)/python benchmarks/dhsa_speed.py summary --probe $(DHSA_DIR)/sgemm.json --dhsa $(DHSA_DIR)/dhsa.onnx \
+	    $(DHSA_DIR)/short.json $(DHSA_DIR)/32k.json $(DHSA_DIR)/64k.json --json $(DHSA_DIR)/summary.json \
+	    | tee $(DHSA_DIR)/summary.md
 
 # HiLo: one layer (14x14 tokens, dim 768, 12 heads) and the LITv2-S backbone, hilo vs msa/window/sra
 bench-hilo: setup

@@ -255,6 +255,11 @@ def profile(
                                                             "batch=512/512,2048/512 fa=on,off kv=f16,q8_0 mmap=off"),
     llamacpp_sweep_strategy: str = typer.Option("axes", "--llamacpp-sweep-strategy", help="axes: one axis at a time "
                                                 "from llama.cpp's defaults; grid: every combination"),
+    breakdown: bool = typer.Option(False, "--breakdown", help="also profile every point per node (one more "
+                                   "fresh process each): ms by category (projections, attention, DHSA "
+                                   "scoring / selection, loop overhead, ...) in the table and the JSON"),
+    breakdown_plot: Optional[str] = typer.Option(None, "--breakdown-plot", help="with --breakdown: write the "
+                                                 "stacked-bar figure (PNG)"),
 ):
     """Latency, throughput and peak memory side by side, with ratios to the first model (any task).
 
@@ -263,7 +268,9 @@ def profile(
     """
     from edgekit.profiling import profile as run_profile
 
-    _check_outputs(json_out, plot_out)
+    _check_outputs(json_out, plot_out, breakdown_plot)
+    if breakdown_plot and not breakdown:
+        raise EdgekitError("--breakdown-plot draws the --breakdown figures: add --breakdown")
     gate = _gate_request(compare, fail_on)
     axes = dict(seq_lens=_int_list(seq_lens, "--seq-lens"), image_sizes=_int_list(image_sizes, "--image-sizes"),
                 batch_sizes=_int_list(batch_sizes, "--batch-sizes"))
@@ -272,8 +279,14 @@ def profile(
         results = run_profile(models, **axes, repeat=repeat, warmup=warmup, ep=ep, threads=threads,
                               timeout_s=timeout, memory_limit_mb=memory_limit_mb, on_step=step,
                               command=_command_line(), decode_tokens=decode_tokens, llamacpp_sweep=sweep,
-                              sweep_at=llamacpp_sweep_at)
+                              sweep_at=llamacpp_sweep_at,
+                              breakdown=breakdown)
     _emit(results, _profile_table(results), json_out, plot_out)
+    if breakdown_plot:
+        from edgekit import report
+
+        report.plot_breakdown(results, breakdown_plot)
+        err.print(f"breakdown figure: {breakdown_plot}")
     if gate is None:
         return 0
     from edgekit import gates

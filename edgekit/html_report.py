@@ -6,7 +6,7 @@ import base64
 import io
 
 from edgekit import gates
-from edgekit.report import axis_names, display_names, varying_axis, workload_of
+from edgekit.report import axis_names, breakdown_figure, display_names, varying_axis, workload_of
 from edgekit.report_formats import flat_rows
 
 
@@ -49,6 +49,8 @@ def figures(files: list[dict], passkey: list[dict] = ()) -> list[dict]:
     for task, task_files in tasks.items():
         suffix = f" · {task}" if len(tasks) > 1 else ""
         charts += [(title + suffix, png) for title, png in _task_charts(_series(task_files))]
+        charts.append(("Where the time goes (ONNX Runtime's per-node profile, `profile --breakdown`)" + suffix,
+                       _breakdown(task_files)))
     if passkey:
         charts.append(("Accuracy vs speed (passkey hits vs prefill latency)", _accuracy(files, passkey)))
     return [{"title": t, "png": png} for t, png in charts if png]
@@ -72,6 +74,19 @@ def _task_charts(series: dict[str, list[dict]]) -> list[tuple]:
         ("Throughput", _lines(series, axis, lambda r: (r.get("throughput") or {}).get("value"), x_label,
                               _unit(series))),
     ]
+
+
+def _breakdown(files: list[dict]) -> str | None:
+    """Stacked bars of every row with a breakdown (the file name leads when there are several)."""
+    rows, names = [], {}
+    for f in files:
+        short = display_names(r["model"] for r in f["data"]["results"])
+        for r in f["data"]["results"]:
+            key = f"{f['name']}: {short[r['model']]}" if len(files) > 1 else short[r["model"]]
+            rows.append({**r, "model": key})
+            names[key] = key
+    fig = breakdown_figure(rows, names, _pyplot())
+    return _png(fig) if fig is not None else None
 
 
 def _unit(series: dict) -> str:

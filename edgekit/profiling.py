@@ -30,7 +30,8 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
             repeat: int = 3, warmup: int = 1, ep: str = "cpu", threads: int | None = None,
             timeout_s: float | None = None, memory_limit_mb: float | None = None,
             on_step: Progress | None = None, command: str | None = None,
-            decode_tokens: int | None = None, llamacpp_sweep=None, sweep_at: int | None = None) -> dict:
+            decode_tokens: int | None = None, llamacpp_sweep=None, sweep_at: int | None = None,
+            breakdown: bool = False) -> dict:
     """Measure every (model, workload); the first model is the baseline the ratios refer to.
 
     `command` is the command line recorded as provenance (the CLI passes sys.argv); the API records
@@ -44,6 +45,9 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
     `llamacpp_sweep` (a `SweepSpace`) tunes every .gguf model's llama.cpp settings and keeps the fastest
     per length (edgekit/llamacpp_sweep.py); with `sweep_at` it tunes once at that length and applies the
     winner to every length. Every trial is kept under the results' `llamacpp_sweeps`.
+
+    `breakdown`: every timed ONNX point is profiled per node too, in one more fresh process (ORT's
+    profiler slows the run, so the latency comes from the untouched one): `row["breakdown"]`.
     """
     models = check_request(models, ep, repeat=repeat, warmup=warmup, threads=threads, timeout=timeout_s,
                            memory_limit_mb=memory_limit_mb, decode_tokens=decode_tokens, sweep_at=sweep_at)
@@ -55,13 +59,15 @@ def profile(models: Sequence[str], seq_lens: Sequence[int] | None = None, *,
                                 timeout_s=timeout_s, memory_limit_mb=memory_limit_mb, decode_tokens=decode_tokens)
     steps = _Steps(on_step, _step_count(models, workloads, llamacpp_sweep, sweep_at))
     results, sweeps = _measure_all(models, workloads, measure, steps, llamacpp_sweep, sweep_at)
+    if breakdown:
+        _add_breakdowns(results, min(warmup, 1), ep, threads, timeout_s)
     results.sort(key=lambda r: models.index(r["model"]))  # stable: grouped by model, workloads in order
     for row in results:
         row.setdefault("task", task.name)
     add_ratios(results, baseline=models[0])
     settings = {"schema_version": SCHEMA_VERSION, "repeat": repeat, "warmup": warmup, "task": task.name,
                 "workloads": workloads,
-                "baseline": models[0], "decode_tokens": decode_tokens,
+                "baseline": models[0], "decode_tokens": decode_tokens, "breakdown": breakdown,
                 "memory": "RSS high-water mark above the loaded model, fresh process per model and workload"}
     if "seq_len" in task.axes:
         settings["seq_lens"] = sorted({w["seq_len"] for w in workloads})
@@ -332,6 +338,32 @@ def _measure_in_subprocess(model, workload, repeat, warmup, ep, threads, timeout
         return {**base, "status": "oom", "error": "killed by the operating system (out of memory)"}
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {**base, "status": "error", "error": f"worker exited with {proc.returncode}: {tail[:300]}"}
+
+
+def _add_breakdowns(rows: list[dict], warmup: int, ep: str, threads: int | None, timeout_s: float | None) -> None:
+    """`profile --breakdown`: each measured ONNX point once more under ORT's per-node profiler."""
+    for row in rows:
+        if row["status"] == "ok" and Path(row["model"]).suffix != ".gguf":
+            row["breakdown"] = _breakdown_in_subprocess(row["model"], row["workload"], warmup, ep, threads, timeout_s)
+
+
+def _breakdown_in_subprocess(model: str, workload: dict, warmup: int, ep: str, threads: int | None,
+                             timeout_s: float | None) -> dict:
+    """edgekit.breakdown in a fresh process (`warmup` runs, then one profiled run: a long prompt is costly);
+    a failure is recorded in the breakdown, the point keeps its timing."""
+    cmd = [sys.executable, "-m", "edgekit.breakdown", model, json.dumps(workload), "--ep", ep, "--runs", "1",
+           "--warmup", str(warmup)]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s and 3 * timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"took longer than {3 * timeout_s:g} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if lines:
+        return json.loads(lines[-1])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"breakdown worker exited with {proc.returncode}: {tail[:300]}"}
 
 
 def add_ratios(results: list[dict], baseline: str) -> None:

@@ -74,6 +74,20 @@ class RowSweep(BaseModel):
     chosen: SweepSettings
 
 
+class Breakdown(BaseModel):
+    """`profile --breakdown`: ONNX Runtime's per-node profile of the point, ms per run (edgekit.breakdown)."""
+
+    runs: int
+    run_ms: float  # the profiled run's wall time (profiling slows it: the row's latency is the untouched one)
+    kernel_ms: float  # the main graph's node times: run_ms less the executor's own time between nodes
+    categories: dict[str, float]  # category (edgekit.breakdown.RULES, else the op type) -> ms
+    op_types: dict[str, float] = {}
+
+
+class FailedBreakdown(BaseModel):
+    error: str
+
+
 class _Row(BaseModel):
     """Fields every profile row has; files from before workloads existed hold `seq_len` only."""
 
@@ -98,6 +112,7 @@ class OkRow(_Row):
     status: Literal["ok"]
     latency_ms: Latency
     peak_rss_mb: float
+    breakdown: Optional[Union[Breakdown, FailedBreakdown]] = None
 
 
 class FailedRow(_Row):
@@ -236,7 +251,81 @@ def markdown(report: dict) -> str:
              "|" + "|".join("---:" if right else "---" for _, right, _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(i, r) for _, _, cell in columns) + " |" for i, r in enumerate(results)]
     notes = footnote_lines(results, numbers, lambda r: f"{names[r['model']]} @ {workload_label(r)}")
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n" + _footer(report, names[baseline])
+    table = "\n".join(lines + ([""] + notes if notes else [])) + "\n" + _footer(report, names[baseline])
+    split = breakdown_markdown(results, names)
+    return table + (f"\n\nWhere the time goes (ONNX Runtime's per-node profile, ms per run and share):\n\n{split}"
+                    if split else "")
+
+
+def breakdown_categories(rows: list[dict]) -> list[str]:
+    """Categories over all rows, largest total first (the table's columns and the plot's stack order)."""
+    totals: dict[str, float] = {}
+    for r in rows:
+        for name, ms in ((r.get("breakdown") or {}).get("categories") or {}).items():
+            totals[name] = totals.get(name, 0.0) + ms
+    return sorted(totals, key=totals.get, reverse=True)
+
+
+def breakdown_markdown(rows: list[dict], names: dict[str, str]) -> str:
+    """One line per (model, workload) with a breakdown: ms and % of the node time per category."""
+    rows = [r for r in rows if r.get("breakdown")]
+    categories = breakdown_categories(rows)
+    if not rows:
+        return ""
+    lines = ["| model | workload | node ms | " + " | ".join(categories) + " |",
+             "|---|---|---:|" + "---:|" * len(categories)]
+    for r in rows:
+        b = r["breakdown"]
+        if "error" in b:
+            lines.append(f"| {names[r['model']]} | {workload_label(r)} | failed: {b['error']} |"
+                         + " |" * len(categories))
+            continue
+        total = sum(b["categories"].values()) or 1.0
+        cells = [f"{b['categories'][c]:.1f} ({100 * b['categories'][c] / total:.0f}%)" if c in b["categories"]
+                 else "—" for c in categories]
+        lines.append(f"| {names[r['model']]} | {workload_label(r)} | {total:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def breakdown_figure(rows: list[dict], names: dict[str, str], plt, top: int = 8):
+    """Stacked bars, one per (model, workload) with a breakdown: ms per run by category (the `top`
+    largest; the rest as "rest"). None when no row has one."""
+    rows = [r for r in rows if "categories" in (r.get("breakdown") or {})]
+    if not rows:
+        return None
+    categories = breakdown_categories(rows)
+    shown, rest = categories[:top], categories[top:]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 3), 4.2))
+    labels = [f"{names[r['model']]}\n{workload_label(r)}" for r in rows]
+    bottom = [0.0] * len(rows)
+    for name in shown + (["rest"] if rest else []):
+        keys = rest if name == "rest" else [name]
+        ms = [sum(r["breakdown"]["categories"].get(k, 0.0) for k in keys) for r in rows]
+        ax.bar(range(len(rows)), ms, 0.7, bottom=bottom, label=name)
+        bottom = [b + m for b, m in zip(bottom, ms)]
+    ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=30, ha="right")
+    ax.set(ylabel="ms per run (node time)", title="Where the time goes")
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def plot_breakdown(report: dict, output: str) -> None:
+    """The stacked-bar breakdown figure as a PNG (`profile --breakdown --breakdown-plot`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = display_names(r["model"] for r in report["results"])
+    fig = breakdown_figure(report["results"], names, plt)
+    if fig is None:
+        raise ProfileError("no row holds a breakdown: profile with --breakdown")
+    try:
+        fig.tight_layout()
+        with atomic_output(output) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _sweep_cell(row: dict) -> str:

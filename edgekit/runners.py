@@ -18,10 +18,10 @@ from edgekit.tasks import get_task
 class OnnxRunner:
     """An exported edgekit model in ONNX Runtime, any task."""
 
-    def __init__(self, path: str, ep: str = "cpu", threads: int | None = None):
+    def __init__(self, path: str, ep: str = "cpu", threads: int | None = None, profile_prefix: str | None = None):
         from edgekit.session import Session
 
-        self.session = Session(path, ep=ep, threads=threads)
+        self.session = Session(path, ep=ep, threads=threads, profile_prefix=profile_prefix)
         self.interface = self.session.interface
         if self.interface is None:
             raise ModelLoadError(f"{path} was not exported by edgekit (no edgekit.task / edgekit.inputs "

@@ -32,11 +32,13 @@ class Session:
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, ep: str | Profile = "cpu",
-                 threads: int | None = None):
+                 threads: int | None = None, profile_prefix: str | None = None):
         if threads is not None and threads < 1:
             raise ShapeError(f"threads must be >= 1, got {threads}")
         self.profile = ep if isinstance(ep, Profile) else load_profile(ep)
         options = self.profile.session_options(threads)
+        if profile_prefix is not None:  # ORT's per-node profile (edgekit.breakdown), ended by end_profiling()
+            options.enable_profiling, options.profile_file_prefix = True, profile_prefix
         providers = self.profile.providers()
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else _checked_path(model)
         try:
@@ -46,6 +48,10 @@ class Session:
         meta = self._session.get_modelmeta().custom_metadata_map
         self.interface: Interface | None = Interface.from_metadata(meta)  # None: not exported by edgekit
         self.metadata: dict[str, str] = dict(meta)
+
+    def end_profiling(self) -> str:
+        """Stop ORT's per-node profiling (a session made with `profile_prefix`); returns the JSON file."""
+        return self._session.end_profiling()
 
     @property
     def task(self) -> str | None:

@@ -33,9 +33,13 @@ interleaved ranking (`chunk_score=2`) the default and reduces chunk sums over tw
 Inputs: query (B, Hq, S, D) after RoPE, key and value (B, Hkv, S, D) with Hq % Hkv == 0 (GQA).
 Output: (B, Hq, S, D).
 
-The ONNX body runs ONNX `Attention` directly when S <= budget. Otherwise it gathers the kept
-keys/values of every query block and runs ONNX `Attention` over ~2048 queries per `Loop` step: the work
-is a few large MatMuls, never an S x S matrix, and peak memory stays flat as S grows.
+The ONNX body runs ONNX `Attention` directly (the fused is_causal node of the dense export) when
+S <= budget. Otherwise, without a window, the first floor(K / block_size) blocks see at most K keys, so keep
+all of them: one fused causal `Attention`. Every later block keeps its own keys (they are local) and the
+top K - block_size earlier keys; a `Loop` over slices of blocks (~4096 queries a step) gathers those and
+passes them as `Attention`'s past key/value, whose causal mask is aligned to the end: each query sees all
+of them and its block's keys up to itself, with no mask tensor. The work is a few large MatMuls, never an
+S x S matrix, and peak memory stays flat as S grows. A window needs a mask (built per step).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from .attention_inputs import check_qkv, qkv_sample
 from .registry import DOMAIN, DOMAIN_OPSET, Attribute, OpDef, Output, Sample, register
 
 edgekit_opset = Opset(DOMAIN, DOMAIN_OPSET)
+QUERIES_PER_STEP = 4096  # queries per Loop step of the ONNX body: large Attention batches, few Concat copies
 
 ATTRIBUTES = (
     Attribute("block_size", 128, "query tokens that share one key selection", minimum=1),
@@ -251,47 +256,46 @@ def DHSAAttention(
     softcap: float = 0.0,
     scale: float = 0.0,
 ) -> FLOAT:
-    zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
-    batch = op.Shape(query, start=0, end=1)
-    q_heads = op.Shape(query, start=1, end=2)
     seq = op.Shape(query, start=2, end=3)
-    dim = op.Shape(query, start=3, end=4)
-    kv_heads = op.Shape(key, start=1, end=2)
-    group = op.Div(q_heads, kv_heads)
-    L = op.Reshape(op.Constant(value_int=block_size), one)
-    chunk = op.Reshape(op.Constant(value_int=chunk_size), one)
-    n_blocks = op.Div(seq + L - one, L)
-    n_chunks = op.Div(seq + chunk - one, chunk)
-    pos = op.Range(op.Squeeze(zero), op.Squeeze(seq), op.Constant(value_int=1))  # (S,)
-    # a finite sentinel in every precision: 3e38 is inf in fp16, so there it becomes fp16's largest, 65504
-    big = op.CastLike(op.Constant(value_float=3.0e38), query)
-    big = op.Where(op.IsInf(big), op.CastLike(op.Constant(value_float=65504.0), query), big)
-
-    two = op.Constant(value_ints=[2])
-    three = op.Constant(value_ints=[3])
-    window = op.Constant(value_int=sliding_window)
-    window = op.Where(window > 0, window, op.Constant(value_int=2**62))
-    d = op.CastLike(dim, query)
-    user_scale = op.CastLike(op.Constant(value_float=scale), query)
-    q_scale = op.Where(user_scale > op.CastLike(0.0, query), user_scale, op.Reciprocal(op.Sqrt(d)))
     budget = op.Reshape(op.Constant(value_int=budget_tokens), one)
+    windowed = op.Constant(value_int=sliding_window) > op.Constant(value_int=0)
+    user_scale = op.CastLike(op.Constant(value_float=scale), query)
+    q_scale = op.Where(user_scale > op.CastLike(0.0, query), user_scale,
+                       op.Reciprocal(op.Sqrt(op.CastLike(op.Shape(query, start=3, end=4), query))))
 
-    if op.Squeeze(seq <= budget):
+    if op.Squeeze(op.And(seq <= budget, op.Not(windowed))):
         # 0. every key fits the budget, so every key is kept: dense causal attention, the fused is_causal
-        # kernel the dense export runs (a window needs the mask)
-        if op.Squeeze(window > seq):
-            result = op.Attention(query * q_scale, key, value, is_causal=1, scale=1.0, softcap=softcap)
-        else:
-            gap = op.Unsqueeze(pos, one) - pos  # (S, S) query position - key position
-            causal = op.And(gap >= 0, gap < window)
-            result = op.Attention(query * q_scale, key, value, causal, scale=1.0, softcap=softcap)
+        #    kernel the dense export runs (ORT builds both branches' kernels, and an Attention whose `scale`
+        #    is 0 does not build: the scale goes onto the query)
+        result = op.Attention(query * q_scale, key, value, is_causal=1, scale=1.0, softcap=softcap)
     else:
+        zero = op.Constant(value_ints=[0])
+        two = op.Constant(value_ints=[2])
+        three = op.Constant(value_ints=[3])
+        last_axis = op.Constant(value_ints=[-1])
+        batch = op.Shape(query, start=0, end=1)
+        q_heads = op.Shape(query, start=1, end=2)
+        dim = op.Shape(query, start=3, end=4)
+        kv_heads = op.Shape(key, start=1, end=2)
+        group = op.Div(q_heads, kv_heads)
+        L = op.Reshape(op.Constant(value_int=block_size), one)
+        chunk = op.Reshape(op.Constant(value_int=chunk_size), one)
+        n_blocks = op.Div(seq + L - one, L)
+        n_chunks = op.Div(seq + chunk - one, chunk)
+        pos = op.Range(op.Squeeze(zero), op.Squeeze(seq), op.Constant(value_int=1))  # (S,)
+        # a finite sentinel in every precision: 3e38 is inf in fp16, so there it becomes fp16's largest, 65504
+        big = op.CastLike(op.Constant(value_float=3.0e38), query)
+        big = op.Where(op.IsInf(big), op.CastLike(op.Constant(value_float=65504.0), query), big)
+        window = op.Constant(value_int=sliding_window)
+        window = op.Where(windowed, window, op.Constant(value_int=2**62))
+        k = op.Min(budget, seq)
+
         # 1. chunk boundaries from consecutive-key cosine similarity
-        unit = key / (op.ReduceL2(key, op.Constant(value_ints=[-1]), keepdims=1) + op.CastLike(1e-6, key))
-        prev = op.Slice(unit, zero, op.Constant(value_ints=[-1]), op.Constant(value_ints=[2]))
-        curr = op.Slice(unit, one, seq, op.Constant(value_ints=[2]))
-        cos = op.ReduceSum(curr * prev, op.Constant(value_ints=[-1]), keepdims=0)  # (B, Hkv, S-1)
+        unit = key / (op.ReduceL2(key, last_axis, keepdims=1) + op.CastLike(1e-6, key))
+        prev = op.Slice(unit, zero, last_axis, two)
+        curr = op.Slice(unit, one, seq, two)
+        cos = op.ReduceSum(curr * prev, last_axis, keepdims=0)  # (B, Hkv, S-1)
         tail = n_chunks * chunk - seq  # +inf before t=1 (no predecessor) and past the end
         cos = op.Pad(cos, op.Concat(zero, zero, one, zero, zero, tail, axis=0), big)  # (B, Hkv, C * chunk)
         windows = op.Reshape(cos, op.Concat(batch, kv_heads, n_chunks, chunk, axis=0))
@@ -299,16 +303,19 @@ def DHSAAttention(
         chunk_index = op.Range(op.Squeeze(zero), op.Squeeze(n_chunks), op.Constant(value_int=1))
         fixed_starts = chunk_index * chunk
         adaptive = op.Cast(op.Constant(value_int=adaptive_chunks), to=BOOL.dtype)
-        starts = op.Where(op.And(adaptive, chunk_index > 0), fixed_starts + offsets, fixed_starts)
-        ends = op.Concat(op.Slice(starts, one, op.Constant(value_ints=[2**62]), op.Constant(value_ints=[-1])),
+        starts = op.Where(op.And(adaptive, chunk_index > 0), fixed_starts + offsets, fixed_starts)  # increasing
+        ends = op.Concat(op.Slice(starts, one, op.Constant(value_ints=[2**62]), last_axis),
                          op.Expand(seq, op.Concat(batch, kv_heads, one, axis=0)), axis=-1)
+        # the chunk of every key, (B, Hkv, S): 1 at each chunk start, summed along the keys, minus 1
+        is_start = op.ScatterElements(op.Expand(op.Constant(value_ints=[0]), op.Concat(batch, kv_heads, seq, axis=0)),
+                                      starts, op.Expand(one, op.Shape(starts)), axis=-1)
+        key_chunk = op.CumSum(is_start, op.Constant(value_int=-1)) - one
 
         # 2. chunk summaries: per-channel max / min of the keys ("bound") and sum / norm ("mean")
-        member = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pos,
-                        pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))  # (B, Hkv, C, S)
-        member_f = op.CastLike(member, query)
         scaled = op.Cast(op.Constant(value_int=length_scaled), to=BOOL.dtype)
         mode = op.Constant(value_int=chunk_score)
+        use_mean = mode != op.Constant(value_int=1)
+        use_bound = mode != op.Constant(value_int=0)
         # chunk j lies inside windows j and j+1 of `chunk` keys: reduce over that pair, not over all S keys
         k_pad = op.Pad(key, op.Concat(zero, zero, zero, zero, zero, zero, n_chunks * chunk + chunk - seq, zero,
                                       axis=0))
@@ -317,95 +324,150 @@ def DHSAAttention(
                          axis=3)  # (B, Hkv, C, 2 * chunk, D)
         pair_pos = op.Unsqueeze(chunk_index * chunk, one) + op.Range(
             op.Squeeze(zero), op.Squeeze(chunk + chunk), op.Constant(value_int=1))  # (C, 2 * chunk)
-        inside = op.And(op.Unsqueeze(starts, op.Constant(value_ints=[-1])) <= pair_pos,
-                        pair_pos < op.Unsqueeze(ends, op.Constant(value_ints=[-1])))
-        inside = op.Unsqueeze(inside, op.Constant(value_ints=[-1]))  # (B, Hkv, C, 2 * chunk, 1)
-        last_axis = op.Constant(value_ints=[-1])
-        to_6d = op.Constant(value_ints=[2, 3])
-        high = op.ReduceMax(op.Where(inside, pair, -big), three, keepdims=0)  # (B, Hkv, C, D)
-        low = op.ReduceMin(op.Where(inside, pair, big), three, keepdims=0)
-        high6 = op.Unsqueeze(op.Transpose(high, perm=[0, 1, 3, 2]), to_6d)  # (B, Hkv, 1, 1, D, C)
-        low6 = op.Unsqueeze(op.Transpose(low, perm=[0, 1, 3, 2]), to_6d)
-        chunk_len = op.CastLike(ends - starts, query)
-        chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
-        chunk_sum = op.ReduceSum(op.Where(inside, pair, op.CastLike(0.0, query)), three, keepdims=0)
-        chunk_rep_t = op.Transpose(chunk_sum / op.Unsqueeze(chunk_norm, last_axis), perm=[0, 1, 3, 2])  # (B, Hkv, D, C)
+        inside = op.And(op.Unsqueeze(starts, last_axis) <= pair_pos, pair_pos < op.Unsqueeze(ends, last_axis))
+        inside = op.Unsqueeze(inside, last_axis)  # (B, Hkv, C, 2 * chunk, 1)
+        if use_bound:
+            high = op.ReduceMax(op.Where(inside, pair, -big), three, keepdims=0)  # (B, Hkv, C, D)
+            low = op.ReduceMin(op.Where(inside, pair, big), three, keepdims=0)
+            bounds_t = op.Transpose(op.Concat(high, low, axis=-1), perm=[0, 1, 3, 2])  # (B, Hkv, 2D, C)
+        else:
+            bounds_t = op.Slice(pair, zero, zero, three)  # unused
+        if use_mean:
+            chunk_len = op.CastLike(ends - starts, query)
+            chunk_norm = op.Where(scaled, op.Sqrt(chunk_len), chunk_len)
+            chunk_sum = op.ReduceSum(op.Where(inside, pair, op.CastLike(0.0, query)), three, keepdims=0)
+            chunk_rep_t = op.Transpose(chunk_sum / op.Unsqueeze(chunk_norm, last_axis),
+                                       perm=[0, 1, 3, 2])  # (B, Hkv, D, C)
+        else:
+            chunk_rep_t = op.Slice(pair, zero, zero, three)  # unused
         rank_values = op.Unsqueeze(chunk_index, op.Constant(value_ints=[0, 1, 2]))  # (1, 1, 1, C): 0, 1, 2, ...
 
         padded_len = n_blocks * L
-        q_pad = op.Pad(query, op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0))
-        blocks6 = op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0)
-        q_blocks = op.Reshape(q_pad, blocks6)  # (B, Hkv, G, NB, L, D)
+        q_pads = op.Concat(zero, zero, zero, zero, zero, zero, padded_len - seq, zero, axis=0)
         block_index = op.Range(op.Squeeze(zero), op.Squeeze(n_blocks), op.Constant(value_int=1))
         block_start = block_index * L
         block_len = op.CastLike(op.Min(seq - block_start, L), query)
         block_norm = op.Unsqueeze(op.Where(scaled, op.Sqrt(block_len), block_len), one)  # (NB, 1)
-        q_pos = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(zero), op.Squeeze(padded_len), op.Constant(value_int=1)),
-                                        op.Concat(n_blocks, L, axis=0)), op.Constant(value_ints=[-1]))  # (NB, L, 1)
+        if use_mean:  # the block's mean query (over its rows and the group's heads), (B, Hkv, NB, D)
+            q_zero = op.Reshape(op.Pad(query, q_pads), op.Concat(batch, kv_heads, group, n_blocks, L, dim, axis=0))
+            block_rep = op.ReduceMean(op.ReduceSum(q_zero, op.Constant(value_ints=[4]), keepdims=0), two,
+                                      keepdims=0) / block_norm
+        else:
+            block_rep = op.Slice(query, zero, zero, two)  # unused
 
-        # keys each block may see (causal, window) and must keep (sink, local), (NB, S)
+        # keys before each block it may see (window) and must keep (sink, local), (NB, S); the block's own
+        # keys are always kept (they are local): they are taken whole, not selected
         last_query = op.Unsqueeze(op.Min(block_start + L, seq) - one, one)  # (NB, 1)
-        visible = op.And(pos <= last_query, pos > op.Unsqueeze(block_start, one) - window)
+        starts_at = op.Unsqueeze(block_start, one)  # (NB, 1)
+        visible_pre = op.And(pos < starts_at, pos > starts_at - window)
         sink = op.Constant(value_int=sink_tokens)
         local = op.Constant(value_int=local_tokens)
-        forced = op.And(op.Or(pos < sink, pos >= op.Unsqueeze(block_start, one) - local), visible)
-        k = op.Min(budget, seq)
+        forced_pre = op.And(op.Or(pos < sink, pos >= starts_at - local), visible_pre)
 
-        # 3-4. per Loop step, a slice of query blocks (~2048 queries): score chunks, upsample them to
-        #      tokens, keep the top K keys, gather them and attend; memory does not grow with S
-        q6 = op.Transpose(q_blocks * q_scale, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, NB, G, L, D)
+        # 3. without a window, a block that sees at most K keys keeps all of them: the first floor(K / L)
+        #    blocks are dense causal attention, one fused is_causal node
+        if windowed:
+            first = op.Constant(value_ints=[0])
+            head = op.Slice(query, zero, zero, two)  # (B, Hq, 0, D)
+        else:
+            first = op.Div(k, L)
+            prefix = first * L
+            head = op.Attention(op.Slice(query, zero, prefix, two) * q_scale, op.Slice(key, zero, prefix, two),
+                                op.Slice(value, zero, prefix, two), is_causal=1, scale=1.0, softcap=softcap)
+
+        # 4. per Loop step, a slice of whole blocks (~4096 queries; the ragged last block in a step of its
+        #    own): score chunks, give every earlier key its chunk's score, keep the top K - L of them, gather
+        #    them and attend over them (the cache: every query sees all of them) and the block's own keys
+        #    (causal); memory does not grow with S
         head_base = op.Range(op.Squeeze(zero), op.Squeeze(batch * kv_heads), op.Constant(value_int=1)) * seq
         head_base = op.Reshape(head_base, op.Concat(batch, kv_heads, one, one, axis=0))
-        rows = op.Concat(op.Constant(value_ints=[-1]), dim, axis=0)
+        rows = op.Concat(last_axis, dim, axis=0)
         key_rows = op.Reshape(key, rows)  # (B * Hkv * S, D)
         value_rows = op.Reshape(value, rows)
-        per_step = op.Max(op.Div(op.Constant(value_ints=[2048]), L), one)  # query blocks per step
-        n_steps = op.Div(n_blocks + per_step - one, per_step)
-        out = op.Slice(q6, zero, zero, two)  # (B, Hkv, 0, G, L, D): grows by one slice per step
+        key_chunk = op.Unsqueeze(key_chunk, two)  # (B, Hkv, 1, S)
+        n_full = op.Div(seq, L)
+        ragged = seq - n_full * L
+        per_step = op.Max(op.Div(op.Constant(value_ints=[QUERIES_PER_STEP]), L), one)  # query blocks per step
+        n_mid_steps = op.Div(n_full - first + per_step - one, per_step)
+        n_steps = n_mid_steps + op.Cast(ragged > zero, to=INT64.dtype)
+        out = op.Slice(query, zero, zero, two)  # (B, Hq, 0, D): grows by one slice per step
         for step in range(op.Squeeze(n_steps)):
-            lo = op.Reshape(step, one) * per_step
-            hi = op.Min(lo + per_step, n_blocks)
+            s1 = op.Reshape(step, one)
+            whole = s1 < n_mid_steps
+            lo = op.Where(whole, first + s1 * per_step, n_full)
+            hi = op.Where(whole, op.Min(lo + per_step, n_full), n_full + one)
             count = hi - lo
-            q_step = op.Slice(q_blocks, lo, hi, three)  # (B, Hkv, G, T, L, D)
-            qp = op.Slice(q_pos, lo, hi, zero)  # (T, L, 1)
-            # "bound": max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low
-            bound = op.Add(op.MatMul(op.Relu(q_step), high6),
-                           op.MatMul(op.Min(q_step, op.CastLike(0.0, query)), low6))  # (B, Hkv, G, T, L, C)
-            bound = op.Where(qp < seq, bound, -big)  # padding rows never win
-            bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
-            # "mean": the block's mean query . chunk representation
-            block_sum = op.ReduceMean(op.ReduceSum(q_step, op.Constant(value_ints=[4]), keepdims=0),
-                                      op.Constant(value_ints=[2]), keepdims=0)  # (B, Hkv, T, D)
-            mean = op.MatMul(block_sum / op.Slice(block_norm, lo, hi, zero), chunk_rep_t)  # (B, Hkv, T, C)
-            # "both": interleave the two rankings of the chunks the block can see, the mean's first
+            own = op.Where(whole, L, ragged)  # the step's block length
+            q_lo = lo * L
+            q_hi = q_lo + count * own
+            q_step = op.Reshape(op.Slice(query, q_lo, q_hi, two),
+                                op.Concat(batch, kv_heads, group, count, own, dim, axis=0))  # (B, Hkv, G, T, L, D)
             can_see = op.Unsqueeze(starts, two) <= op.Slice(last_query, lo, hi, zero)  # (B, Hkv, T, C)
-            _, by_bound = op.TopK(op.Where(can_see, bound, -big), n_chunks, axis=-1, largest=1, sorted=1)
-            _, by_mean = op.TopK(op.Where(can_see, mean, -big), n_chunks, axis=-1, largest=1, sorted=1)
-            ranks = op.Expand(rank_values, op.Shape(by_bound))
-            bound_rank = op.ScatterElements(by_bound, by_bound, ranks, axis=-1)
-            mean_rank = op.ScatterElements(by_mean, by_mean, ranks, axis=-1)
-            both = op.Neg(op.CastLike(op.Min(bound_rank, mean_rank) * two
-                                      + op.Cast(bound_rank < mean_rank, to=INT64.dtype), query))
-            chunk_scores = op.Where(mode == op.Constant(value_int=0), mean,
-                                    op.Where(mode == op.Constant(value_int=1), bound, both))
-            scores = op.MatMul(chunk_scores, member_f)  # (B, Hkv, T, S)
-            scores = op.Where(op.Slice(visible, lo, hi, zero), scores, -big)
-            scores = op.Where(op.Slice(forced, lo, hi, zero), big, scores)
-            _, kept_s = op.TopK(scores, k, axis=-1, largest=1, sorted=1)  # (B, Hkv, T, K)
+            if use_bound:
+                # "bound": max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low, one matmul
+                # over all the step's queries of a KV head: (G * T * L, 2D) @ (2D, C)
+                split = op.Concat(op.Relu(q_step), op.Min(q_step, op.CastLike(0.0, query)), axis=-1)
+                split = op.Reshape(split, op.Concat(batch, kv_heads, last_axis, dim + dim, axis=0))
+                bound = op.Reshape(op.MatMul(split, bounds_t), op.Concat(batch, kv_heads, group, count, own,
+                                                                         last_axis, axis=0))  # (B, Hkv, G, T, L, C)
+                bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
+            else:
+                bound = op.CastLike(can_see, query)  # unused
+            if use_mean:
+                # "mean": the block's mean query . chunk representation
+                mean = op.MatMul(op.Slice(block_rep, lo, hi, two), chunk_rep_t)  # (B, Hkv, T, C)
+            else:
+                mean = bound
+            if op.And(use_mean, use_bound):
+                # "both": interleave the two rankings of the chunks the block can see, the mean's first
+                _, by_bound = op.TopK(op.Where(can_see, bound, -big), n_chunks, axis=-1, largest=1, sorted=1)
+                _, by_mean = op.TopK(op.Where(can_see, mean, -big), n_chunks, axis=-1, largest=1, sorted=1)
+                ranks = op.Expand(rank_values, op.Shape(by_bound))
+                bound_rank = op.ScatterElements(by_bound, by_bound, ranks, axis=-1)
+                mean_rank = op.ScatterElements(by_mean, by_mean, ranks, axis=-1)
+                chunk_scores = op.Neg(op.CastLike(op.Min(bound_rank, mean_rank) * two
+                                                  + op.Cast(bound_rank < mean_rank, to=INT64.dtype), query))
+            else:
+                chunk_scores = op.Identity(mean)
+            # every key before the step's last block takes its chunk's score (a gather, exactly what the 0/1
+            # membership matmul gave); later keys are no candidates (a window keeps K - L of them: masked)
+            k_pre = k - own
+            span = op.Max((hi - one) * L, k_pre)
+            step_chunk = op.Expand(op.Slice(key_chunk, zero, span, three), op.Concat(batch, kv_heads, count, span,
+                                                                                   axis=0))
+            scores = op.GatherElements(chunk_scores, step_chunk, axis=-1)  # (B, Hkv, T, span)
+            step_keys = op.Concat(op.Reshape(lo, one), zero, axis=0)
+            step_end = op.Concat(op.Reshape(hi, one), span, axis=0)
+            scores = op.Where(op.Slice(visible_pre, step_keys, step_end, op.Constant(value_ints=[0, 1])), scores, -big)
+            scores = op.Where(op.Slice(forced_pre, step_keys, step_end, op.Constant(value_ints=[0, 1])), big, scores)
+            _, kept_s = op.TopK(scores, k_pre, axis=-1, largest=1, sorted=1)  # (B, Hkv, T, K - L)
 
-            flat = op.Reshape(kept_s + head_base, op.Constant(value_ints=[-1]))
-            gathered = op.Concat(batch * kv_heads * count, one, k, dim, axis=0)
-            k_s = op.Reshape(op.Gather(key_rows, flat, axis=0), gathered)  # (B * Hkv * T, 1, K, D)
+            n = batch * kv_heads * count
+            flat = op.Reshape(kept_s + head_base, last_axis)
+            gathered = op.Concat(n, one, k_pre, dim, axis=0)
+            k_s = op.Reshape(op.Gather(key_rows, flat, axis=0), gathered)  # (B * Hkv * T, 1, K - L, D)
             v_s = op.Reshape(op.Gather(value_rows, flat, axis=0), gathered)
-            q_s = op.Reshape(op.Slice(q6, lo, hi, two), op.Concat(batch * kv_heads * count, group, L, dim, axis=0))
-            key_pos = op.Unsqueeze(kept_s, op.Constant(value_ints=[3]))  # (B, Hkv, T, 1, K)
-            allowed = op.And(key_pos <= qp, qp - key_pos < window)  # (B, Hkv, T, L, K)
-            allowed = op.Reshape(allowed, op.Concat(batch * kv_heads * count, one, L, k, axis=0))
-            o = op.Attention(q_s, k_s, v_s, allowed, scale=1.0, softcap=softcap)  # (B * Hkv * T, G, L, D)
-            out = op.Concat(out, op.Reshape(o, op.Concat(batch, kv_heads, count, group, L, dim, axis=0)), axis=2)
-        out = op.Transpose(out, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, G, NB, L, D)
-        out = op.Reshape(out, op.Concat(batch, q_heads, padded_len, dim, axis=0))
-        result = op.Slice(out, zero, seq, two)
+            own4 = op.Concat(n, one, own, dim, axis=0)
+            k_own = op.Reshape(op.Slice(key, q_lo, q_hi, two), own4)  # (B * Hkv * T, 1, L, D)
+            v_own = op.Reshape(op.Slice(value, q_lo, q_hi, two), own4)
+            q_s = op.Reshape(op.Transpose(q_step, perm=[0, 1, 3, 2, 4, 5]) * q_scale,
+                             op.Concat(n, group, own, dim, axis=0))  # (B * Hkv * T, G, L, D)
+            if windowed:
+                qp = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(q_lo), op.Squeeze(q_hi), op.Constant(value_int=1)),
+                                             op.Concat(count, own, axis=0)), last_axis)  # (T, L, 1)
+                pre_pos = op.Unsqueeze(kept_s, three)  # (B, Hkv, T, 1, K - L)
+                pre_ok = op.And(pre_pos < op.Slice(qp, zero, one, one), pre_pos > qp - window)
+                offset = op.Range(op.Squeeze(zero), op.Squeeze(own), op.Constant(value_int=1))
+                gap = op.Unsqueeze(offset, one) - offset  # (L, L) query offset - key offset
+                own_ok = op.Expand(op.And(gap >= 0, gap < window), op.Concat(batch, kv_heads, count, own, own, axis=0))
+                allowed = op.Reshape(op.Concat(pre_ok, own_ok, axis=-1), op.Concat(n, one, own, k, axis=0))
+                o, _, _ = op.Attention(q_s, k_own, v_own, allowed, k_s, v_s, scale=1.0, softcap=softcap)
+            else:
+                o, _, _ = op.Attention(q_s, k_own, v_own, None, k_s, v_s, is_causal=1, scale=1.0, softcap=softcap)
+            o = op.Transpose(op.Reshape(o, op.Concat(batch, kv_heads, count, group, own, dim, axis=0)),
+                             perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, G, T, L, D)
+            out = op.Concat(out, op.Reshape(o, op.Concat(batch, q_heads, count * own, dim, axis=0)), axis=2)
+        result = op.Concat(head, out, axis=2)
     return result
 
 
@@ -431,9 +493,12 @@ def samples() -> list[Sample]:
         s("ragged_S257_block32_chunk24", 1, 4, 2, 257, 16, block_size=32, chunk_size=24, budget_tokens=96),
         s("S600_block32_budget128", 1, 4, 2, 600, 32, block_size=32, chunk_size=16, budget_tokens=128,
           sink_tokens=16, local_tokens=32),
-        # the ONNX body attends in Loop steps of ~2048 queries: S = 2100 takes two steps, the last one ragged
+        # the ONNX body's Loop: S = 2100 takes one step of whole blocks and one for the ragged last block;
+        # S = 8600 three of whole blocks (4096 queries each at most) and the ragged one
         s("two_loop_steps_S2100", 1, 2, 1, 2100, 8, block_size=32, chunk_size=16, budget_tokens=96,
           sink_tokens=16, local_tokens=32),
+        s("many_loop_steps_S8600", 1, 2, 1, 8600, 4, block_size=64, chunk_size=32, budget_tokens=256,
+          sink_tokens=16, local_tokens=64),
         s("chunk_gt_S", 1, 2, 1, 50, 16, chunk_size=64, block_size=8, budget_tokens=32, sink_tokens=4,
           local_tokens=8),
         s("chunk1_block1", 1, 2, 1, 50, 8, chunk_size=1, block_size=1, budget_tokens=32),

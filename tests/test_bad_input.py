@@ -135,6 +135,8 @@ ROWS = {
     "profile_timeout_zero": Bad(profile("--timeout", "0", "--json", f"{OUT}.json"), 1, ("timeout must be > 0",)),
     "profile_memory_limit_negative": Bad(profile("--memory-limit-mb", "-5", "--json", f"{OUT}.json"), 1,
                                          ("memory_limit_mb must be > 0",)),
+    "profile_breakdown_plot_without_breakdown": Bad(profile("--breakdown-plot", f"{OUT}.png"), 1,
+                                                    ("--breakdown-plot", "add --breakdown")),
     "passkey_threads_negative": Bad(["passkey", "{w}/dense.onnx", "--threads", "-3", "--json", f"{OUT}.json"], 1,
                                     ("threads must be >= 1",)),
     # -- output paths are checked before any slow work ------------------------------------------------
