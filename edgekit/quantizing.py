@@ -30,7 +30,8 @@ from edgekit.session import Session, file_bytes, load_model
 
 PRECISION_KEY, SETTINGS_KEY = "edgekit.precision", "edgekit.quantization"  # metadata written on the output
 TARGET_OPS = ("MatMul", "Gemm")  # not Attention: ORT would make it QAttention, which then fails to load
-KEPT_FLOAT_OPS = ("Attention", "Conv", "ConvTranspose", "Einsum", "Gather", "LSTM", "GRU")  # heavy ops left float
+KEPT_FLOAT_OPS = ("Attention", "com.microsoft.GroupQueryAttention", "Conv", "ConvTranspose", "Einsum", "Gather", "LSTM",
+                  "GRU")  # heavy ops left float
 CALIBRATION_SAMPLES = 8
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two >= 16
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
