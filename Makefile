@@ -10,6 +10,8 @@ BENCH_REPEAT   ?= 1
 BENCH_WARMUP   ?= 0
 BENCH_PASSKEY  ?= 2048,4096,8192
 BENCH_DIR      ?= bench-results
+BENCH_GGUF     ?=
+# ^ bench-decode: a .gguf profiled beside the folders by llama.cpp (e.g. SmolLM2-135M-Instruct Q8_0)
 
 # CI profiling (`make profile-ci`, .github/workflows/profile.yml): tiny models, short workloads, a gate
 # against the committed baseline of the same device profile (generous: shared runners are noisy)
@@ -19,7 +21,8 @@ CI_BASELINE ?= benchmarks/ci-baseline/$(CI_EP)
 CI_FAIL_ON  ?= latency:+150%,memory:+100%
 CI_RESULTS  := $(CI_DIR)/llama.json $(CI_DIR)/litv2.json
 
-.PHONY: setup demo test bench bench-short bench-llamacpp bench-hilo bench-policy profile-ci profile-ci-baseline clean
+.PHONY: setup demo test bench bench-short bench-llamacpp bench-hilo bench-policy bench-decode profile-ci \
+    profile-ci-baseline clean
 
 $(BIN)/edgekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +64,17 @@ bench-short: setup  ## minutes, no llama.cpp build: a small model at short lengt
 	$(BIN)/edgekit export llama-demo --method dhsa --budget-tokens 512 -o $(BENCH_DIR)/short-dhsa.onnx
 	$(BIN)/edgekit profile $(BENCH_DIR)/short-dense.onnx $(BENCH_DIR)/short-dhsa.onnx --seq-lens 1024,4096 \
 	    --repeat 3 --json $(BENCH_DIR)/short.json --plot $(BENCH_DIR)/short.png
+
+# decode speed (llama-bench's figures): fp32 and int8 model folders, tg128 after a 512-token prompt, then
+# 128 tokens after 1K and 8K prompts (8064 + 128 = SmolLM2's 8192 positions)
+bench-decode: setup
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/edgekit export $(BENCH_MODEL) --with-decode -o $(BENCH_DIR)/decode-fp32
+	$(BIN)/edgekit quantize $(BENCH_DIR)/decode-fp32 -o $(BENCH_DIR)/decode-int8
+	$(BIN)/edgekit profile $(BENCH_DIR)/decode-fp32 $(BENCH_DIR)/decode-int8 $(BENCH_GGUF) --seq-lens 512 \
+	    --decode-tokens 128 --repeat 3 --json $(BENCH_DIR)/decode-tg128.json | tee $(BENCH_DIR)/decode-tg128.md
+	$(BIN)/edgekit profile $(BENCH_DIR)/decode-fp32 $(BENCH_DIR)/decode-int8 $(BENCH_GGUF) --seq-lens 1024,8064 \
+	    --decode-tokens 128 --repeat 2 --json $(BENCH_DIR)/decode-context.json | tee $(BENCH_DIR)/decode-context.md
 
 # HiLo: one layer (14x14 tokens, dim 768, 12 heads) and the LITv2-S backbone, hilo vs msa/window/sra
 bench-hilo: setup

@@ -130,7 +130,8 @@ class Generator:
     # --- the loop ----------------------------------------------------------------------------------------
     def token_stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
                      stop_token_ids: Sequence[int] = (), ignore_eos: bool = False) -> Iterator[int]:
-        """New token ids, one per step, up to a stop token (yielded too), max_new_tokens or the context."""
+        """New token ids, one per step, up to a stop token (yielded too) or max_new_tokens (the prompt plus
+        max_new_tokens must fit the context). One stream at a time per Generator: they share its cache."""
         if max_new_tokens < 1:
             raise EdgekitError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if len(ids) + max_new_tokens > self.context:
@@ -140,12 +141,13 @@ class Generator:
         stops = self.stop_ids(stop_token_ids, ignore_eos)
         rng = np.random.default_rng(sampling.seed)
         logits = self._prefill(ids)
+        ticket = self.cache.generation
         for step in range(max_new_tokens):
             token = sampling.pick(logits, rng)
             yield token
             if token in stops or step == max_new_tokens - 1:
                 return
-            logits = self.cache.step(token)
+            logits = self.cache.step(token, ticket)
 
     def _prefill(self, ids: list[int]) -> np.ndarray:
         """The prompt through the prefill graph; its cache lands in the session's buffers. Returns (vocab,) logits."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from edgekit.errors import ShapeError
+from edgekit.errors import EdgekitError, ShapeError
 from edgekit.session import Session, bind_input
 
 
@@ -20,6 +20,7 @@ class KVCache:
 
     def __init__(self, decode: Session, context: int):
         self.decode, self.context, self.length = decode, context, 0
+        self.generation = 0  # counts prompts: a stream whose prompt is no longer the cache's must stop
         self.present = {past: present for present, past in decode.interface.recurrent.items()}  # past -> present
         past = [s for s in decode.inputs if s.name in self.present]
         self.arrays = {s.name: np.zeros(s.shape_for({"batch": 1, "context": context}), np.float32) for s in past}
@@ -44,10 +45,14 @@ class KVCache:
         for name, array in self.arrays.items():
             rows = present[self.present[name]].shape[2]
             array[:, :, :rows] = present[self.present[name]]
-        self.length = rows
+        self.length, self.generation = rows, self.generation + 1
 
-    def step(self, token: int) -> np.ndarray:
-        """One decode step: the token's row is written in place; returns its logits (vocab,)."""
+    def step(self, token: int, generation: int | None = None) -> np.ndarray:
+        """One decode step: the token's row is written in place; returns its logits (vocab,). `generation`:
+        the prompt the caller continues (`self.generation` when it filled the cache)."""
+        if generation is not None and generation != self.generation:
+            raise EdgekitError("another generation has since taken this Generator's cache: run one stream at a "
+                               "time (or one Generator each)")
         if self.length >= self.context:
             raise ShapeError(f"the cache is full: its context is {self.context} tokens (prompt + generated); "
                              "raise it with Generator(context=...) / --context")

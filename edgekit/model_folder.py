@@ -61,6 +61,8 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise ModelLoadError(f"model folder {folder} {what}: {hint}")
     try:
         data = json.loads((folder / MANIFEST).read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON object was expected, got {type(data).__name__}")
         _check_format(folder, data.get("format"), hint)
         manifest = Manifest(**{**data, "eos_token_ids": tuple(data.get("eos_token_ids", ()))})
     except FileNotFoundError:
@@ -74,9 +76,10 @@ def read_manifest(folder: str | Path) -> Manifest:
 
 
 def _check_format(folder: Path, found, hint: str) -> None:
-    if found != FORMAT:
-        old = isinstance(found, int) and found < FORMAT
-        what = "an older edgekit's (its decode step copies the cache every token)" if old else "unknown"
+    """A manifest of another format is refused by name (one without a format is simply not valid)."""
+    if isinstance(found, int) and found != FORMAT:
+        what = "an older edgekit's (its decode step copies the cache every token)" if found < FORMAT else \
+            "a newer edgekit's"
         raise ModelLoadError(f"{folder / MANIFEST} is format {found}, {what}; this edgekit reads format {FORMAT}: "
                              f"{hint}")
 
@@ -98,6 +101,7 @@ def export_folder(model: str, output: str, method: str | None = None, *, weights
     loaded = sources.load(model, weights=weights)
     family, torch_model, name = loaded
     context = folder_context(torch_model, context)
+    family.interface(torch_model, step="decode")  # a model the decode step cannot take fails before any export
     graph_options = family.split_options(method, options)[1]
     with atomic_folder(output, MANIFEST) as tmp:
         prefill = export(model, str(tmp / PREFILL), method, tolerance=tolerance, seed=seed, loaded=loaded, **options)

@@ -139,6 +139,15 @@ def test_generating_past_the_context_is_a_one_line_error(folders):
         Generator(folders("llama-tiny"), context=40000)
 
 
+def test_two_streams_on_one_generator_do_not_share_a_cache_silently(folders):
+    g = Generator(folders("llama-tiny"), context=64)
+    first = g.token_stream(prompt_ids(512, 10), 8, ignore_eos=True)
+    next(first)
+    assert len(g.generate(prompt_ids(512, 20), 3, ignore_eos=True).token_ids) == 3  # takes the cache over
+    with pytest.raises(EdgekitError, match="another generation has since taken this Generator's cache"):
+        next(first)
+
+
 def test_int8_folder_decodes_in_place(folders, tmp_path):
     """`edgekit quantize FOLDER`: both graphs int8 (MatMuls only), GroupQueryAttention left as it is."""
     import onnx

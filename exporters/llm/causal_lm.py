@@ -171,7 +171,7 @@ class CausalLMFamily(Family):
         if step == "prefill":
             return Interface(task=cls.task, method="", inputs=(ids,), outputs=tuple(outputs),
                              limits={"sequence": limit} if limit else {})
-        _check_head_dim(config, head_dim)
+        _check_head_dim(head_dim)
         mask = TensorSpec("attention_mask", "int64", ("batch", "total_sequence"), low=1, high=2,
                           doc="ones, one per token in the cache after this step (past + new)")
         past = tuple(TensorSpec(f"past.{name}", "float32", kv, doc="the cache, updated in place")
@@ -209,7 +209,7 @@ class CausalLMFamily(Family):
         return {"seq_len": check_tokens, "batch_size": 2}
 
 
-def _check_head_dim(config, head_dim: int) -> None:
+def _check_head_dim(head_dim: int) -> None:
     if head_dim % HEAD_DIM_MULTIPLE:
         raise UnsupportedModelError(f"the decode step runs ONNX Runtime's GroupQueryAttention, whose CPU kernel needs "
                                     f"a head_dim that is a multiple of {HEAD_DIM_MULTIPLE}; this model's is "
