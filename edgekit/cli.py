@@ -298,12 +298,14 @@ def quantize(
                                            "(export --with-decode: both graphs are quantized)"),
     output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write (+ OUTPUT.data for external data); "
                                                             "a new folder for a model folder"),
-    precision: str = typer.Option("int8", help="int8 (dynamic) | int8-static (QDQ, calibrated) | int4 (weight-only) "
+    precision: str = typer.Option("int8", help="int8 (dynamic) | int8-static (QDQ, calibrated) | int8-block / int4 "
+                                               "(weight-only, blockwise; int8-block at block 32 ~ llama.cpp Q8_0) "
                                                "| fp16 (for GPU providers)"),
     calibration: Optional[Path] = typer.Option(None, help="int8-static: .npz of arrays named like the model's "
                                                           "inputs (a leading axis stacks samples) [synthetic]"),
-    block_size: int = typer.Option(32, help="int4: weights per quantization block"),
-    accuracy_level: int = typer.Option(4, help="int4: MatMulNBits compute type (4: int8 on CPU, 1: fp32)"),
+    block_size: int = typer.Option(32, help="int8-block / int4: weights per quantization block"),
+    accuracy_level: int = typer.Option(4, help="int8-block / int4: MatMulNBits compute type (4: int8 on CPU, "
+                                               "1: fp32)"),
     atol: Optional[float] = typer.Option(None, help="fail (write nothing) if an output differs by more [report only]"),
     min_top1: Optional[float] = typer.Option(None, help="fail (write nothing) below this top-1 agreement of the logits"),
     seed: int = typer.Option(0, help="seed of the check (and synthetic calibration) inputs"),
