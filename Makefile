@@ -65,16 +65,18 @@ bench-short: setup  ## minutes, no llama.cpp build: a small model at short lengt
 	$(BIN)/edgekit profile $(BENCH_DIR)/short-dense.onnx $(BENCH_DIR)/short-dhsa.onnx --seq-lens 1024,4096 \
 	    --repeat 3 --json $(BENCH_DIR)/short.json --plot $(BENCH_DIR)/short.png
 
-# decode speed (llama-bench's figures): fp32 and int8 model folders, tg128 after a 512-token prompt, then
-# 128 tokens after 1K and 8K prompts (8064 + 128 = SmolLM2's 8192 positions)
+# decode speed (llama-bench's figures): fp32, int8 (dynamic) and int8-block (Q8_0-like) model folders, tg128
+# after a 512-token prompt, then 128 tokens after 1K and 8K prompts (8064 + 128 = SmolLM2's 8192 positions)
+DECODE_FOLDERS := $(BENCH_DIR)/decode-fp32 $(BENCH_DIR)/decode-int8 $(BENCH_DIR)/decode-int8-block
 bench-decode: setup
 	mkdir -p $(BENCH_DIR)
 	$(BIN)/edgekit export $(BENCH_MODEL) --with-decode -o $(BENCH_DIR)/decode-fp32
 	$(BIN)/edgekit quantize $(BENCH_DIR)/decode-fp32 -o $(BENCH_DIR)/decode-int8
-	$(BIN)/edgekit profile $(BENCH_DIR)/decode-fp32 $(BENCH_DIR)/decode-int8 $(BENCH_GGUF) --seq-lens 512 \
-	    --decode-tokens 128 --repeat 3 --json $(BENCH_DIR)/decode-tg128.json | tee $(BENCH_DIR)/decode-tg128.md
-	$(BIN)/edgekit profile $(BENCH_DIR)/decode-fp32 $(BENCH_DIR)/decode-int8 $(BENCH_GGUF) --seq-lens 1024,8064 \
-	    --decode-tokens 128 --repeat 2 --json $(BENCH_DIR)/decode-context.json | tee $(BENCH_DIR)/decode-context.md
+	$(BIN)/edgekit quantize $(BENCH_DIR)/decode-fp32 -o $(BENCH_DIR)/decode-int8-block --precision int8-block
+	$(BIN)/edgekit profile $(DECODE_FOLDERS) $(BENCH_GGUF) --seq-lens 512 --decode-tokens 128 --repeat 3 \
+	    --json $(BENCH_DIR)/decode-tg128.json | tee $(BENCH_DIR)/decode-tg128.md
+	$(BIN)/edgekit profile $(DECODE_FOLDERS) $(BENCH_GGUF) --seq-lens 1024,8064 --decode-tokens 128 --repeat 2 \
+	    --json $(BENCH_DIR)/decode-context.json | tee $(BENCH_DIR)/decode-context.md
 
 # HiLo: one layer (14x14 tokens, dim 768, 12 heads) and the LITv2-S backbone, hilo vs msa/window/sra
 bench-hilo: setup
