@@ -14,6 +14,8 @@ BENCH_DIR      ?= bench-results
 BENCH_SWEEP    ?= --llamacpp-sweep --llamacpp-sweep-at 2048
 # llama-cpp-python wheels built for this CPU, keyed by version and CMAKE_ARGS (never required: built when absent)
 LLAMACPP_CACHE ?= $(HOME)/.cache/edgekit/wheels
+BENCH_GGUF     ?=
+# ^ bench-decode: a .gguf profiled beside the folders by llama.cpp (e.g. SmolLM2-135M-Instruct Q8_0)
 
 # CI profiling (`make profile-ci`, .github/workflows/profile.yml): tiny models, short workloads, a gate
 # against the committed baseline of the same device profile (generous: shared runners are noisy)
@@ -23,7 +25,8 @@ CI_BASELINE ?= benchmarks/ci-baseline/$(CI_EP)
 CI_FAIL_ON  ?= latency:+150%,memory:+100%
 CI_RESULTS  := $(CI_DIR)/llama.json $(CI_DIR)/litv2.json
 
-.PHONY: setup demo test setup-llamacpp test-llamacpp bench bench-short bench-llamacpp-sweep bench-gemma3 bench-hilo bench-policy bench-dhsa profile-ci profile-ci-baseline clean
+.PHONY: setup demo test setup-llamacpp test-llamacpp bench bench-short bench-llamacpp-sweep bench-gemma3 bench-hilo \
+    bench-policy bench-dhsa bench-decode profile-ci profile-ci-baseline clean
 
 $(BIN)/edgekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -123,6 +126,19 @@ bench-dhsa: setup
 	$(BIN)/python benchmarks/dhsa_speed.py summary --probe $(DHSA_DIR)/sgemm.json --dhsa $(DHSA_DIR)/dhsa.onnx \
 	    $(DHSA_DIR)/short.json $(DHSA_DIR)/32k.json $(DHSA_DIR)/64k.json --json $(DHSA_DIR)/summary.json \
 	    | tee $(DHSA_DIR)/summary.md
+
+# decode speed (llama-bench's figures): fp32, int8 (dynamic) and int8-block (Q8_0-like) model folders, tg128
+# after a 512-token prompt, then 128 tokens after 1K and 8K prompts (8064 + 128 = SmolLM2's 8192 positions)
+DECODE_FOLDERS := $(BENCH_DIR)/decode-fp32 $(BENCH_DIR)/decode-int8 $(BENCH_DIR)/decode-int8-block
+bench-decode: setup
+	mkdir -p $(BENCH_DIR)
+	$(BIN)/edgekit export $(BENCH_MODEL) --with-decode -o $(BENCH_DIR)/decode-fp32
+	$(BIN)/edgekit quantize $(BENCH_DIR)/decode-fp32 -o $(BENCH_DIR)/decode-int8
+	$(BIN)/edgekit quantize $(BENCH_DIR)/decode-fp32 -o $(BENCH_DIR)/decode-int8-block --precision int8-block
+	$(BIN)/edgekit profile $(DECODE_FOLDERS) $(BENCH_GGUF) --seq-lens 512 --decode-tokens 128 --repeat 3 \
+	    --json $(BENCH_DIR)/decode-tg128.json | tee $(BENCH_DIR)/decode-tg128.md
+	$(BIN)/edgekit profile $(DECODE_FOLDERS) $(BENCH_GGUF) --seq-lens 1024,8064 --decode-tokens 128 --repeat 2 \
+	    --json $(BENCH_DIR)/decode-context.json | tee $(BENCH_DIR)/decode-context.md
 
 # HiLo: one layer (14x14 tokens, dim 768, 12 heads) and the LITv2-S backbone, hilo vs msa/window/sra
 bench-hilo: setup

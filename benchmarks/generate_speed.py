@@ -14,8 +14,9 @@ from edgekit.generation import Generator
 
 
 def main(folder: str, lengths: str, new_tokens: str) -> None:
-    g = Generator(folder)
-    for length in (int(n) for n in lengths.split(",")):
+    sizes = [int(n) for n in lengths.split(",")]
+    g = Generator(folder, context=max(sizes) + int(new_tokens))  # one cache for every length
+    for length in sizes:
         ids = np.random.default_rng(0).integers(0, g.vocab_size, length).tolist()
         g.generate(ids[:64], 4, ignore_eos=True)  # warm-up
         r = g.generate(ids, int(new_tokens), ignore_eos=True)

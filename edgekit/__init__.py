@@ -2,7 +2,8 @@
 
 The public API, one plain function per pipeline step:
     export(model, output, method=...)   model -> checked ONNX file
-    quantize(model, output, precision=...)  int8 / int8-static / int4 / fp16, checked against the float model
+    quantize(model, output, precision=...)  int8 / int8-static / int8-block / int4 / fp16, checked vs the float model
+    quantize_folder(folder, output, ...)    both graphs of a model folder (export --with-decode), as one new folder
     compile_model(model, output, ep=...)    ahead-of-time ORT optimization for a provider, placement report
     Session(path, ep=...)               run an exported model (edgekit ops included)
     Generator(folder, ep=...)           text generation: a prefill + cached decode folder (export --with-decode)
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {  # imported on first use: `import edgekit` stays fast and torch-free
     "export": ("edgekit.exporting", "export"),
     "quantize": ("edgekit.quantizing", "quantize"),
+    "quantize_folder": ("edgekit.folder_quantizing", "quantize_folder"),
     "compile_model": ("edgekit.compiling", "compile_model"),
     "Session": ("edgekit.session", "Session"),
     "Generator": ("edgekit.generation", "Generator"),

@@ -40,14 +40,14 @@ class Agreement:
 
 
 def check_sizes(session: Session) -> dict[str, int]:
-    """Sizes for every symbolic input axis: the task's check workload, 1 for axes it does not size."""
+    """Sizes for every symbolic input axis (and no others): the task's check workload, 1 for axes it does
+    not size."""
     interface = session.interface
     task = TASKS.get(interface.task) if interface else None
-    sizes = task.sizes(task.check) if task else {}
-    for spec in session.inputs:
-        sizes.update({d: 1 for d in spec.dims if isinstance(d, str) and d not in sizes})
+    sized = task.sizes(task.check) if task else {}
+    axes = dict.fromkeys(d for spec in session.inputs for d in spec.dims if isinstance(d, str))
     limits = interface.limits if interface else {}
-    return {axis: min(size, limits.get(axis, size)) for axis, size in sizes.items()}
+    return {axis: min(sized.get(axis, 1), limits.get(axis, sized.get(axis, 1))) for axis in axes}
 
 
 def check_feeds(specs: Sequence[TensorSpec], sizes: dict[str, int], seed: int,

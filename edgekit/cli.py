@@ -113,6 +113,8 @@ def export(
     with_decode: bool = typer.Option(False, "--with-decode", help="LLMs: write a folder (-o DIR) with prefill.onnx, "
                                      "a dense cached decode.onnx, the tokenizer and edgekit.json, for "
                                      "`edgekit generate`"),
+    context: Optional[int] = typer.Option(None, help="--with-decode: tokens (prompt + generated) the decode "
+                                                     "cache holds by default [the model's positions, at most 8192]"),
 ):
     """Export a model (any kind) with the chosen method, checked against PyTorch on every output."""
     from edgekit.exporting import export as run_export
@@ -136,7 +138,9 @@ def export(
     if gguf_type is not None:
         raise EdgekitError("--gguf-type applies to --format gguf only")
     if with_decode:
-        return _export_folder(model, output, method, weights, atol, options)
+        return _export_folder(model, output, method, weights, atol, options, context)
+    if context is not None:
+        raise EdgekitError("--context sizes the decode cache of a model folder: it needs --with-decode")
     check_writable(output)
     with err.status(f"exporting {model} ({method or 'baseline'})"):
         result = run_export(model, output, method=method, weights=str(weights) if weights else None,
@@ -162,14 +166,15 @@ def _export_gguf(model: str, output: str, gguf_type: str | None, weights, not_ap
                f"{result.gguf_type}, {result.tensors} tensors, {result.vocabulary}")
 
 
-def _export_folder(model: str, output: str, method, weights, atol, options: dict) -> None:
+def _export_folder(model: str, output: str, method, weights, atol, options: dict, context: int | None) -> None:
     from edgekit.model_folder import MANIFEST, export_folder
 
     with err.status(f"exporting {model} ({method or 'baseline'}) with a decode step"):
         result = export_folder(model, output, method, weights=str(weights) if weights else None, tolerance=atol,
-                               **options)
+                               context=context, **options)
     m = result["manifest"]
-    typer.echo(f"wrote {result['path']}/: prefill.onnx ({m.method}), decode.onnx (dense, cached), {MANIFEST}"
+    typer.echo(f"wrote {result['path']}/: prefill.onnx ({m.method}), decode.onnx (dense, cache of {m.context} "
+               f"tokens updated in place), {MANIFEST}"
                + (", tokenizer/" if m.files.get("tokenizer") else " (no tokenizer: token ids in and out)"))
     for step in ("prefill", "decode"):
         r = result[step]
@@ -194,6 +199,8 @@ def generate(
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="do not stop at the model's end-of-sequence tokens"),
     ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
+    context: Optional[int] = typer.Option(None, help="tokens (prompt + generated) the cache holds "
+                                                     "[the folder's, export --context]"),
 ):
     """Generate text, streamed to stdout; time to first token and tokens/s on stderr."""
     from edgekit.generation import Generator, Sampling
@@ -201,7 +208,7 @@ def generate(
     if (prompt is None) == (prompt_ids is None):
         raise EdgekitError("give the prompt as --prompt TEXT or --prompt-ids 1,2,3 (one of them)")
     Sampling(temperature, top_k, top_p, seed)  # bad settings fail before the model loads
-    generator = Generator(model_dir, ep=ep, threads=threads)
+    generator = Generator(model_dir, ep=ep, threads=threads, context=context)
     source = prompt if prompt is not None else _token_ids(prompt_ids)
     pieces = generator.stream(source, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                               stop=stop, chat=chat, ignore_eos=ignore_eos)
@@ -349,14 +356,18 @@ def _fail_if_nothing_ran(results: dict) -> None:
 
 @app.command()
 def quantize(
-    model: Path = typer.Argument(..., help="ONNX model (edgekit export, or any ONNX file)"),
-    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write (+ OUTPUT.data for external data)"),
-    precision: str = typer.Option("int8", help="int8 (dynamic) | int8-static (QDQ, calibrated) | int4 (weight-only) "
+    model: Path = typer.Argument(..., help="ONNX model (edgekit export, or any ONNX file), or a model folder "
+                                           "(export --with-decode: both graphs are quantized)"),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write (+ OUTPUT.data for external data); "
+                                                            "a new folder for a model folder"),
+    precision: str = typer.Option("int8", help="int8 (dynamic) | int8-static (QDQ, calibrated) | int8-block / int4 "
+                                               "(weight-only, blockwise; int8-block at block 32 ~ llama.cpp Q8_0) "
                                                "| fp16 (for GPU providers)"),
     calibration: Optional[Path] = typer.Option(None, help="int8-static: .npz of arrays named like the model's "
                                                           "inputs (a leading axis stacks samples) [synthetic]"),
-    block_size: int = typer.Option(32, help="int4: weights per quantization block"),
-    accuracy_level: int = typer.Option(4, help="int4: MatMulNBits compute type (4: int8 on CPU, 1: fp32)"),
+    block_size: int = typer.Option(32, help="int8-block / int4: weights per quantization block"),
+    accuracy_level: int = typer.Option(4, help="int8-block / int4: MatMulNBits compute type (4: int8 on CPU, "
+                                               "1: fp32)"),
     atol: Optional[float] = typer.Option(None, help="fail (write nothing) if an output differs by more [report only]"),
     min_top1: Optional[float] = typer.Option(None, help="fail (write nothing) below this top-1 agreement of the logits"),
     seed: int = typer.Option(0, help="seed of the check (and synthetic calibration) inputs"),
@@ -364,9 +375,29 @@ def quantize(
     """Quantize a model with ONNX Runtime's tools, keeping edgekit ops, and check it against the float model."""
     from edgekit.quantizing import quantize as run_quantize
 
+    options = dict(calibration=calibration, block_size=block_size, accuracy_level=accuracy_level, atol=atol,
+                   min_top1=min_top1, seed=seed)
+    if model.is_dir():
+        return _quantize_folder(model, output, precision, options)
     with err.status(f"quantizing {model} ({precision})"):
-        r = run_quantize(model, output, precision, calibration=calibration, block_size=block_size,
-                         accuracy_level=accuracy_level, atol=atol, min_top1=min_top1, seed=seed)
+        r = run_quantize(model, output, precision, **options)
+    _quantized_lines(r)
+
+
+def _quantize_folder(model: Path, output: Path, precision: str, options: dict) -> None:
+    from edgekit.folder_quantizing import quantize_folder
+    from edgekit.model_folder import CHECK_STEPS
+
+    with err.status(f"quantizing the model folder {model} ({precision})"):
+        result = quantize_folder(model, output, precision, **options)
+    typer.echo(f"wrote {result.path}/: prefill.onnx and decode.onnx at {precision}")
+    for role, r in result.graphs.items():
+        typer.echo(f"{role}:")
+        _quantized_lines(r)
+    typer.echo(f"greedy generation: the first {result.greedy_match} of {CHECK_STEPS} tokens equal the float folder's")
+
+
+def _quantized_lines(r) -> None:
     data = " + .data" if r.external_data else ""
     typer.echo(f"wrote {r.path}{data} ({r.size_mb[1]:.2f} MB, {r.size_ratio:.2f}x of {r.size_mb[0]:.2f} MB; "
                f"weights {r.weights_mb[1]:.2f} MB, {r.weights_ratio:.2f}x): {r.settings.precision}")

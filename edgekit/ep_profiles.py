@@ -58,7 +58,7 @@ class Profile(pydantic.BaseModel):
     fallback: tuple[str, ...] = ()
     # the weights' precision a model must have to run under this profile (`edgekit quantize --precision`
     # writes it as edgekit.precision; an unquantized export is fp32); "any" takes every model
-    precision: Literal["any", "fp32", "fp16", "int8", "int8-static", "int4"] = "any"
+    precision: Literal["any", "fp32", "fp16", "int8", "int8-static", "int8-block", "int4"] = "any"
     session: SessionSettings = SessionSettings()
     provider_options: dict[str, Any] = {}
 

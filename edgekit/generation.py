@@ -1,9 +1,9 @@
 """`Generator`: text generation with an edgekit model folder (prefill graph once, then cached decode steps).
 
 The prompt runs through `prefill.onnx` (dense or DHSA); every new token then runs through `decode.onnx`
-with the cache of the step before. The cache never leaves ONNX Runtime between steps (IO binding:
-the present OrtValues of one step are the past inputs of the next), so a step copies it only in the
-graph's concat. Greedy by default; temperature / top-k / top-p sampling with a seed.
+over a cache allocated once for the session at the context length (`KVCache`): its buffers are bound
+as both the past inputs and the present outputs, so a step writes only its own row. The prefill's cache
+is copied in once per prompt. Greedy by default; temperature / top-k / top-p sampling with a seed.
 
 >>> g = Generator("out/smollm2")
 >>> g.generate("The capital of France is", max_new_tokens=16).text
@@ -64,7 +64,7 @@ class Generation:
     prompt_tokens: int
     token_ids: list[int] = dataclasses.field(default_factory=list)
     text: str | None = None  # None: the model has no tokenizer
-    finish_reason: str = ""  # "stop" (a stop token or string), "length" (max_new_tokens or the context)
+    finish_reason: str = ""  # "stop" (a stop token or string), "length" (max_new_tokens)
     ttft_s: float = 0.0  # prompt in -> first new token out (prefill + sampling)
     decode_s: float = 0.0  # the decode steps after the first token
 
@@ -81,16 +81,20 @@ class Generation:
 class Generator:
     """An edgekit model folder (`edgekit export MODEL --with-decode -o DIR`) ready to generate."""
 
-    def __init__(self, model_dir: str | Path, ep: str = "cpu", threads: int | None = None):
+    def __init__(self, model_dir: str | Path, ep: str = "cpu", threads: int | None = None,
+                 context: int | None = None):
+        """`context`: tokens the cache holds (prompt + generated); default the manifest's (export --context)."""
+        from edgekit.kv_cache import KVCache
         from edgekit.session import Session
 
         self.folder = Path(model_dir)
         self.manifest = read_manifest(self.folder)
+        self.context = check_context(context or self.manifest.context, self.manifest.max_context)
         self.prefill = Session(self.folder / PREFILL, ep=ep, threads=threads)
         self.decode = Session(self.folder / DECODE, ep=ep, threads=threads)
         self.tokenizer = _load_tokenizer(self.folder / TOKENIZER) if self.manifest.files.get("tokenizer") else None
         self.vocab_size = self.prefill.interface.inputs[0].high
-        self.past_names = [s.name for s in self.decode.inputs[1:]]
+        self.cache = KVCache(self.decode, self.context)  # kept for the session: every generation reuses it
         self.last: Generation | None = None  # the latest generation (stream fills it in as it goes)
 
     # --- prompts ---------------------------------------------------------------------------------------
@@ -107,9 +111,9 @@ class Generator:
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ShapeError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-        limit = self.manifest.max_context
-        if limit and len(ids) >= limit:
-            raise ShapeError(f"the prompt has {len(ids)} tokens; the model's context is {limit}: shorten it")
+        if len(ids) >= self.context:
+            raise ShapeError(f"the prompt has {len(ids)} tokens; the context is {self.context}: shorten it or "
+                             "raise the context (Generator(context=...) / --context)")
         return ids
 
     def _encode_text(self, text: str, chat: bool) -> list[int]:
@@ -126,20 +130,34 @@ class Generator:
     # --- the loop ----------------------------------------------------------------------------------------
     def token_stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
                      stop_token_ids: Sequence[int] = (), ignore_eos: bool = False) -> Iterator[int]:
-        """New token ids, one per step, up to a stop token (yielded too), max_new_tokens or the context."""
+        """New token ids, one per step, up to a stop token (yielded too) or max_new_tokens (the prompt plus
+        max_new_tokens must fit the context). One stream at a time per Generator: they share its cache."""
         if max_new_tokens < 1:
             raise EdgekitError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if len(ids) + max_new_tokens > self.context:
+            raise ShapeError(f"a prompt of {len(ids)} tokens + {max_new_tokens} new ones exceeds the context of "
+                             f"{self.context} tokens: generate at most {max(self.context - len(ids), 0)} or raise "
+                             "the context (Generator(context=...) / --context)")
         stops = self.stop_ids(stop_token_ids, ignore_eos)
-        limit = self.manifest.max_context or len(ids) + max_new_tokens
         rng = np.random.default_rng(sampling.seed)
-        outputs = self.prefill.run_bound({"input_ids": np.array([ids], dtype=np.int64)})
-        for step in range(min(max_new_tokens, limit - len(ids))):
-            token = sampling.pick(outputs[0].numpy()[0], rng)
+        logits = self._prefill(ids)
+        ticket = self.cache.generation
+        for step in range(max_new_tokens):
+            token = sampling.pick(logits, rng)
             yield token
             if token in stops or step == max_new_tokens - 1:
                 return
-            feeds = {"input_ids": np.array([[token]], dtype=np.int64), **dict(zip(self.past_names, outputs[1:]))}
-            outputs = self.decode.run_bound(feeds)
+            logits = self.cache.step(token, ticket)
+
+    def _prefill(self, ids: list[int]) -> np.ndarray:
+        """The prompt through the prefill graph; its cache lands in the session's buffers. Returns (vocab,) logits."""
+        import onnxruntime as ort
+
+        present = self.cache.prefill_buffers(len(ids))
+        bound = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in present.items()}
+        outputs = self.prefill.run_bound({"input_ids": np.array([ids], dtype=np.int64)}, bound)
+        self.cache.fill(present)
+        return outputs[0].numpy()[0]
 
     def stop_ids(self, stop_token_ids: Sequence[int] = (), ignore_eos: bool = False) -> set[int]:
         return set(stop_token_ids) | (set() if ignore_eos else set(self.manifest.eos_token_ids))
@@ -188,6 +206,15 @@ class Generator:
         for _ in self.stream(prompt, max_new_tokens, **options):
             pass
         return self.last
+
+
+def check_context(context: int, max_context: int) -> int:
+    """The cache's context: at least 2 tokens, and within the positions the model was trained for."""
+    if context < 2:
+        raise EdgekitError(f"the context must be >= 2 tokens, got {context}")
+    if max_context and context > max_context:
+        raise EdgekitError(f"a context of {context} tokens exceeds the model's {max_context} positions")
+    return int(context)
 
 
 def _timed(tokens: Iterator[int], record: Generation) -> Iterator[int]:

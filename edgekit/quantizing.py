@@ -1,4 +1,5 @@
-"""`quantize`: an ONNX model -> a smaller one (int8 dynamic / int8 static QDQ / int4 weight-only / fp16), checked.
+"""`quantize`: an ONNX model -> a smaller one (int8 dynamic / int8 static QDQ / int8 or int4 weight-only blockwise /
+fp16), checked.
 
 Every precision is ONNX Runtime's own tool (`onnxruntime.quantization`, `onnxruntime.transformers.float16`);
 edgekit adds what they do not: edgekit ops and their function bodies kept as they were (quantizers never
@@ -31,7 +32,8 @@ from edgekit.session import Session, file_bytes, load_model
 
 PRECISION_KEY, SETTINGS_KEY = "edgekit.precision", "edgekit.quantization"  # metadata written on the output
 TARGET_OPS = ("MatMul", "Gemm")  # not Attention: ORT would make it QAttention, which then fails to load
-KEPT_FLOAT_OPS = ("Attention", "Conv", "ConvTranspose", "Einsum", "LSTM", "GRU")  # heavy ops left float
+KEPT_FLOAT_OPS = ("Attention", "com.microsoft.GroupQueryAttention", "Conv", "ConvTranspose", "Einsum", "LSTM",
+                  "GRU")  # heavy ops left float
 CALIBRATION_SAMPLES = 8
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two >= 16
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
@@ -86,7 +88,8 @@ def quantize(model: str | os.PathLike, output: str | os.PathLike, precision: str
 
     int8: dynamic (weights int8, activations quantized at run time: MatMulInteger); int8-static: QDQ with
     activation ranges calibrated on `calibration` (an .npz named like the inputs) or synthetic inputs;
-    int4: weight-only MatMulNBits (`block_size`, `accuracy_level` 4 = int8 compute on CPU); fp16: for GPU
+    int8-block / int4: weight-only MatMulNBits (`block_size`, `accuracy_level` 4 = int8 compute on CPU; int8-block
+    at block 32 is llama.cpp's Q8_0 scheme: one scale per 32 weights, activations quantized per block); fp16: for GPU
     providers (ORT's CPU provider lacks fp16 kernels for some ops, the output may then not load on CPU).
     A model with external data (or over 1.8 GB) is written as `output` + `output.data`, both or neither.
     """
@@ -268,17 +271,25 @@ def _int8_static(job: _Job) -> None:
                                    "OpTypesToExcludeOutputQuantization": list(TARGET_OPS)})
 
 
+def _int8_block(job: _Job) -> None:
+    _weight_only(job, bits=8)
+
+
 def _int4(job: _Job) -> None:
-    """MatMul weights int4 (MatMulNBits); embedding tables int8 (ORT's GatherBlockQuantized would store them
-    as int4 tensors, which the ORT format cannot hold), so an int4 model still compiles to .ort."""
+    _weight_only(job, bits=4)
+
+
+def _weight_only(job: _Job, bits: int) -> None:
+    """MatMul weights in `bits` (MatMulNBits); embedding tables int8 (ORT's GatherBlockQuantized would store
+    them as 4-bit tensors, which the ORT format cannot hold), so the model still compiles to .ort."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(job.source))
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=job.settings.block_size, is_symmetric=True,
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=job.settings.block_size, is_symmetric=True,
                                      accuracy_level=job.settings.accuracy_level, op_types_to_quantize=("MatMul",))
     quantizer.process()
-    matmuls = job.output.with_name("int4-matmuls.onnx")
+    matmuls = job.output.with_name(f"int{bits}-matmuls.onnx")
     quantizer.model.save_model_to_file(str(matmuls), use_external_data_format=job.external)
     quantize_dynamic(str(matmuls), str(job.output), op_types_to_quantize=["Gather"], weight_type=QuantType.QInt8,
                      use_external_data_format=job.external)
@@ -296,6 +307,8 @@ def _fp16(job: _Job) -> None:
 PRECISIONS: dict[str, tuple[Callable[[_Job], None], str]] = {
     "int8": (_int8_dynamic, "int8 dynamic: MatMul/Gemm weights and embedding tables int8, activations quantized at run time"),
     "int8-static": (_int8_static, "int8 static (QDQ): weights int8, activations uint8 with calibrated ranges"),
+    "int8-block": (_int8_block, "int8 weight-only (MatMulNBits 8 bits, blockwise, symmetric: Q8_0-like); "
+                   "embedding tables int8"),
     "int4": (_int4, "int4 weight-only (MatMulNBits, blockwise, symmetric); embedding tables int8"),
     "fp16": (_fp16, "float16 weights and activations, float32 inputs/outputs (for GPU providers)"),
 }

@@ -86,12 +86,15 @@ class GenerationFigures:
 
 
 class GenerationRunner(OnnxRunner, GenerationFigures):
-    """An edgekit model folder: one step is a prompt of seq_len tokens, then `decode_tokens` generated."""
+    """An edgekit model folder: one step is a prompt of seq_len tokens, then `decode_tokens` generated.
 
-    def __init__(self, folder: str, ep: str = "cpu", threads: int | None = None, decode_tokens: int = 128):
+    Its cache holds `context` (the longest prompt) + `decode_tokens`, as llama.cpp's n_ctx does."""
+
+    def __init__(self, folder: str, ep: str = "cpu", threads: int | None = None, decode_tokens: int = 128,
+                 context: int = 0):
         from edgekit.generation import Generator
 
-        self.generator = Generator(folder, ep=ep, threads=threads)
+        self.generator = Generator(folder, ep=ep, threads=threads, context=context + decode_tokens if context else None)
         self.session, self.interface = self.generator.prefill, self.generator.prefill.interface
         self.task, self.method = get_task(self.interface.task), self.generator.manifest.method
         GenerationFigures.__init__(self, decode_tokens)
@@ -125,7 +128,7 @@ def runner_for(path: str, ep: str = "cpu", threads: int | None = None, context: 
 
     suffix = Path(path).suffix
     if (Path(path) / MANIFEST).is_file():
-        return GenerationRunner(path, ep, threads, decode_tokens) if decode_tokens else \
+        return GenerationRunner(path, ep, threads, decode_tokens, context) if decode_tokens else \
             OnnxRunner(str(Path(path) / PREFILL), ep=ep, threads=threads)
     if suffix == ".gguf" and decode_tokens:
         return LlamaCppGeneration(path, threads=threads, context=context, decode_tokens=decode_tokens)

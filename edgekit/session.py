@@ -105,22 +105,31 @@ class Session:
             raise ShapeError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
         return dict(zip(names, values))
 
-    def run_bound(self, feeds: Mapping[str, "np.ndarray | ort.OrtValue"]) -> list["ort.OrtValue"]:
-        """Run with IO binding, unchecked (a decode loop checks its own inputs): OrtValue inputs (the last
-        step's cache) are used in place, and every output stays an ORT-owned OrtValue, in output order."""
-        binding = self._session.io_binding()
+    def run_bound(self, feeds: Mapping[str, "np.ndarray | ort.OrtValue"],
+                  outputs: Mapping[str, "ort.OrtValue"] | None = None) -> list["ort.OrtValue"]:
+        """Run with IO binding, unchecked (a decode loop checks its own inputs): OrtValue inputs are used in
+        place, outputs named in `outputs` are written into the OrtValues given (ONNX Runtime allocates the
+        others), and every output comes back as an OrtValue, in output order."""
+        binding = self.io_binding()
         for name, value in feeds.items():
-            if isinstance(value, ort.OrtValue):
-                binding.bind_ortvalue_input(name, value)
-            else:
-                binding.bind_cpu_input(name, value)
+            bind_input(binding, name, value)
         for name in self.output_names:
-            binding.bind_output(name)
+            if outputs and name in outputs:
+                binding.bind_ortvalue_output(name, outputs[name])
+            else:
+                binding.bind_output(name)
+        self.run_binding(binding)
+        return binding.get_outputs()
+
+    def io_binding(self) -> "ort.IOBinding":
+        """A fresh IO binding of this session, for a caller that keeps its buffers bound across runs."""
+        return self._session.io_binding()
+
+    def run_binding(self, binding: "ort.IOBinding") -> None:
         try:
             self._session.run_with_iobinding(binding)
         except Exception as exc:
             raise ShapeError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from None
-        return binding.get_outputs()
 
     def _checked_feeds(self, feeds) -> dict[str, np.ndarray]:
         if isinstance(feeds, np.ndarray) and len(self.input_names) == 1:
@@ -148,6 +157,14 @@ class Session:
         if over:
             warnings.warn(f"{'; '.join(over)}: past what the model was trained for (results may degrade)",
                           EdgekitWarning, stacklevel=3)
+
+
+def bind_input(binding: "ort.IOBinding", name: str, value: "np.ndarray | ort.OrtValue") -> None:
+    """An OrtValue is bound as it is (no copy); a numpy array through ONNX Runtime's CPU binding."""
+    if isinstance(value, ort.OrtValue):
+        binding.bind_ortvalue_input(name, value)
+    else:
+        binding.bind_cpu_input(name, value)
 
 
 def load_model(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:

@@ -28,13 +28,18 @@ class Task:
     # a small workload for correctness checks (quantize's and compile's agreement check, synthetic
     # calibration data): cheap, yet long enough that sparse attention takes its sparse path at small budgets
     check: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    sums: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # ^ axes sized as the sum of others (a decode step's cache holds the past and the new tokens)
 
     def value(self, workload: Mapping[str, int], key: str) -> int:
         return int(workload[key] if key in workload else self.implicit[key])
 
     def sizes(self, workload: Mapping[str, int]) -> dict[str, int]:
-        return {axis: self.value(workload, key) for key, axes in self.axes.items() for axis in axes
-                if key in workload or key in self.implicit}
+        sizes = {axis: self.value(workload, key) for key, axes in self.axes.items() for axis in axes
+                 if key in workload or key in self.implicit}
+        sizes.update({axis: sum(sizes[p] for p in parts) for axis, parts in self.sums.items()
+                      if all(p in sizes for p in parts)})
+        return sizes
 
     def items(self, workload: Mapping[str, int]) -> int:
         return math.prod(self.value(workload, k) for k in self.counted)
@@ -61,8 +66,9 @@ TASKS = {t.name: t for t in (
     Task("text-generation", {"seq_len": ("sequence",), "batch_size": ("batch",), "past_len": ("past_sequence",)},
          {"seq_len": (1024, 4096, 8192)}, "tokens/s", ("batch_size", "seq_len"),
          "decoder LLM prefill: token ids -> last-token logits and the present key/value cache (a decode "
-         "step also takes the past cache: past_len tokens)",
-         implicit={"batch_size": 1, "past_len": 0}, check={"seq_len": 128, "batch_size": 1}),
+         "step also takes the cache: past_len tokens, and seq_len new ones, in buffers just that long)",
+         implicit={"batch_size": 1, "past_len": 0}, check={"seq_len": 128, "batch_size": 1},
+         sums={"total_sequence": ("past_sequence", "sequence"), "context": ("past_sequence", "sequence")}),
     Task("image-classification", {"image_size": ("height", "width"), "batch_size": ("batch",)},
          {"image_size": (224,)}, "images/s", ("batch_size",),
          "image backbone with a classification head: images -> class logits",

@@ -282,6 +282,25 @@ ROWS = {
                                           ("it is a file",)),
     "generate_prompt_longer_than_context": Bad(["generate", "{w}/gen-context-4", "--prompt-ids", "1,2,3,4,5"], 1,
                                                ("the prompt has 5 tokens", "context is 4")),
+    "generate_past_the_context": Bad(["generate", "{w}/gen-context-4", "--prompt-ids", "1,2", "--max-new-tokens", "3"],
+                                     1, ("2 tokens + 3 new ones exceeds the context of 4", "at most 2")),
+    "generate_context_beyond_the_model": Bad(["generate", "{w}/gen", "--prompt-ids", "1", "--context", "40000"], 1,
+                                             ("context of 40000 tokens exceeds the model's 32768 positions",)),
+    "generate_context_1": Bad(["generate", "{w}/gen", "--prompt-ids", "1", "--context", "1"], 1,
+                              ("context must be >= 2",)),
+    "generate_old_format_folder": Bad(["generate", "{w}/gen-format-1", "--prompt-ids", "1"], 1,
+                                      ("format 1", "copies the cache every token", "--with-decode")),
+    "export_context_without_with_decode": Bad(["export", "llama-tiny", "-o", f"{OUT}.onnx", "--context", "64"], 1,
+                                              ("--context", "needs --with-decode")),
+    "export_with_decode_context_beyond_the_model": Bad(["export", "llama-tiny", "--with-decode", "-o", OUT,
+                                                        "--context", "40000"], 1, ("exceeds the model's 32768",)),
+    "quantize_folder_onto_itself": Bad(["quantize", "{w}/gen", "-o", "{w}/gen"], 1, ("is the model folder",)),
+    "quantize_folder_onto_a_user_folder": Bad(["quantize", "{w}/gen", "-o", "{w}"], 1,
+                                              ("not an edgekit model folder",)),
+    "quantize_folder_with_calibration": Bad(["quantize", "{w}/gen", "-o", OUT, "--precision", "int8-static",
+                                             "--calibration", "{w}/wrong-name.npz"], 1, ("drop --calibration",)),
+    "quantize_folder_without_manifest": Bad(["quantize", "{w}/gen-no-manifest", "-o", OUT], 1,
+                                            ("has no edgekit.json",)),
     "generate_empty_prompt": Bad(["generate", "{w}/gen", "--prompt-ids", ""], 1, ("the prompt is empty",)),
     "generate_no_prompt": Bad(["generate", "{w}/gen"], 1, ("--prompt TEXT or --prompt-ids",)),
     "generate_top_p_2": Bad(["generate", "{w}/gen", "--prompt-ids", "1,2", "--top-p", "2"], 1,
@@ -385,10 +404,12 @@ def _generation_folders(w: Path) -> None:
     from edgekit.model_folder import MANIFEST, export_folder
 
     export_folder("llama-tiny", str(w / "gen"), check_tokens=16)
-    for name in ("gen-context-4", "gen-no-decode", "gen-no-manifest", "gen-bad-manifest"):
+    for name in ("gen-context-4", "gen-no-decode", "gen-no-manifest", "gen-bad-manifest", "gen-format-1"):
         shutil.copytree(w / "gen", w / name)
     manifest = json.loads((w / "gen" / MANIFEST).read_text())
-    (w / "gen-context-4" / MANIFEST).write_text(json.dumps({**manifest, "max_context": 4}))
+    (w / "gen-context-4" / MANIFEST).write_text(json.dumps({**manifest, "max_context": 4, "context": 4}))
+    old = {k: v for k, v in manifest.items() if k not in ("context", "cache", "precision", "quantization")}
+    (w / "gen-format-1" / MANIFEST).write_text(json.dumps({**old, "format": 1}))
     (w / "gen-no-decode" / "decode.onnx").unlink()
     (w / "gen-no-manifest" / MANIFEST).unlink()
     (w / "gen-bad-manifest" / MANIFEST).write_text(json.dumps({"files": 3}))

@@ -71,14 +71,103 @@ def test_folder_holds_the_graphs_and_the_manifest(folders):
     assert manifest["tokenizer_source"] is None and manifest["files"]["tokenizer"] is None
     assert manifest["eos_token_ids"] == [2] and manifest["max_context"] == 32768
     assert manifest["check"]["tokens_match"] is True
+    assert manifest["format"] == 2 and manifest["context"] == 8192 and manifest["precision"] == "float32"
+    assert manifest["cache"]["update"] == "in-place" and manifest["cache"]["layout"][2] == "context"
 
 
 def test_decode_graph_interface(folders):
     g = Generator(folders("llama-tiny"))
-    assert [s.name for s in g.decode.inputs][:3] == ["input_ids", "past.0.key", "past.0.value"]
-    assert g.decode.inputs[1].dims == ("batch", 2, "past_sequence", 16)
-    assert g.decode.outputs[1].dims == ("batch", 2, "total_sequence", 16)
+    assert [s.name for s in g.decode.inputs][:3] == ["input_ids", "attention_mask", "past.0.key"]
+    assert g.decode.inputs[1].dims == ("batch", "total_sequence") and g.decode.inputs[1].low == 1
+    assert g.decode.inputs[2].dims == g.decode.outputs[1].dims == ("batch", 2, "context", 16)
     assert g.decode.interface.recurrent["present.1.value"] == "past.1.value"
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gemma2-tiny"])
+def test_the_cache_is_read_and_written_only_by_group_query_attention(folders, name):
+    """No Concat copies the cache: each present output comes straight from a GroupQueryAttention node (so
+    IO binding can hand it the past buffer), and no other node reads a past input."""
+    import onnx
+
+    graph = onnx.load(str(folders(name) / "decode.onnx")).graph
+    producer = {out: n for n in graph.node for out in n.output}
+    past = {i.name for i in graph.input if i.name.startswith("past.")}
+    presents = [o.name for o in graph.output if o.name.startswith("present.")]
+    assert presents and {(producer[p].domain, producer[p].op_type) for p in presents} == \
+        {("com.microsoft", "GroupQueryAttention")}
+    assert {n.op_type for n in graph.node if past & set(n.input)} == {"GroupQueryAttention"}
+    assert len(past) == len(presents) == 2 * sum(n.op_type == "GroupQueryAttention" for n in graph.node)
+
+
+def test_the_cache_is_updated_in_place_and_kept_for_the_session(folders):
+    """Every step runs on the same buffers (the present outputs are the past inputs' memory), which hold
+    PyTorch's cache after the prompt and every fed-back token; a second generation reuses them."""
+    family = next(f for f in families("text-generation") if "llama-tiny" in f.presets)
+    model = family.from_preset("llama-tiny")
+    g = Generator(folders("llama-tiny"), context=64)
+    pointers = {name: v.data_ptr() for name, v in g.cache.values.items()}
+    ids = prompt_ids(512, 20)
+    steps = g.token_stream(ids, 6, ignore_eos=True)
+    for n, _ in enumerate(steps):
+        assert g.cache.length == len(ids) + n  # the prompt, then one row per decode step
+        assert {name: v.data_ptr() for name, v in g.cache.values.items()} == pointers
+    bound = g.cache.binding.get_outputs()[:len(pointers)]  # presents, bound in the past inputs' order
+    assert [v.data_ptr() for v in bound] == list(pointers.values())
+    tokens = g.generate(ids, 6, ignore_eos=True).token_ids
+    with torch.no_grad():
+        _, *want = family.prepare(model, "dense", {})(torch.tensor([ids + tokens[:5]]))  # (1, 2, 25, 16) each
+    for array, expected in zip(g.cache.arrays.values(), want):
+        np.testing.assert_allclose(array[:, :, :25], expected.numpy(), atol=1e-4)
+        assert not array[:, :, 25:].any()  # rows past the cache's length never written
+    assert {name: v.data_ptr() for name, v in g.cache.values.items()} == pointers
+
+
+def test_generating_past_the_context_is_a_one_line_error(folders):
+    g = Generator(folders("llama-tiny"), context=12)
+    ids = prompt_ids(512, 8)
+    with pytest.raises(ShapeError, match="8 tokens [+] 5 new ones exceeds the context of 12 tokens: generate at most"
+                                         " 4"):
+        g.generate(ids, 5, ignore_eos=True)
+    full = g.generate(ids, 4, ignore_eos=True)
+    assert len(full.token_ids) == 4 and full.finish_reason == "length" and g.cache.length == 11
+    g.cache.step(full.token_ids[-1])  # the twelfth row: the cache is now full
+    with pytest.raises(ShapeError, match="the cache is full: its context is 12 tokens"):
+        g.cache.step(full.token_ids[-1])
+    with pytest.raises(ShapeError, match="the prompt has 12 tokens; the context is 12"):
+        g.generate(prompt_ids(512, 12), 1)
+    with pytest.raises(EdgekitError, match="exceeds the model's 32768 positions"):
+        Generator(folders("llama-tiny"), context=40000)
+
+
+def test_two_streams_on_one_generator_do_not_share_a_cache_silently(folders):
+    g = Generator(folders("llama-tiny"), context=64)
+    first = g.token_stream(prompt_ids(512, 10), 8, ignore_eos=True)
+    next(first)
+    assert len(g.generate(prompt_ids(512, 20), 3, ignore_eos=True).token_ids) == 3  # takes the cache over
+    with pytest.raises(EdgekitError, match="another generation has since taken this Generator's cache"):
+        next(first)
+
+
+def test_int8_folder_decodes_in_place(folders, tmp_path):
+    """`edgekit quantize FOLDER`: both graphs int8 (MatMuls only), GroupQueryAttention left as it is."""
+    import onnx
+
+    from edgekit.folder_quantizing import quantize_folder
+    from edgekit.quantizing import op_counts
+
+    result = quantize_folder(folders("llama-tiny"), tmp_path / "int8", "int8")
+    for role in ("prefill", "decode"):
+        counts = op_counts(onnx.load(str(tmp_path / "int8" / f"{role}.onnx")))
+        assert counts.get("MatMulInteger") == 15 and "MatMul" not in counts, counts
+    assert op_counts(onnx.load(str(tmp_path / "int8" / "decode.onnx")))["com.microsoft.GroupQueryAttention"] == 2
+    manifest = json.loads((tmp_path / "int8" / MANIFEST).read_text())
+    assert manifest["precision"] == "int8" and manifest["quantization"]["graphs"]["decode"]["agreement"]
+    assert manifest["check"]["greedy_match_float"] == f"{result.greedy_match}/8" and result.greedy_match >= 4
+    g = Generator(tmp_path / "int8")
+    pointers = [v.data_ptr() for v in g.cache.values.values()]
+    out = g.generate(prompt_ids(512), 8, ignore_eos=True)
+    assert len(out.token_ids) == 8 and [v.data_ptr() for v in g.cache.values.values()] == pointers
+    assert [v.data_ptr() for v in g.cache.binding.get_outputs()[:len(pointers)]] == pointers
 
 
 def test_sampling_is_seeded_and_stop_tokens_stop(folders):
@@ -156,7 +245,7 @@ def test_ctrl_c_while_streaming_stops_cleanly(folders):
     from test_cli import EDGEKIT
 
     proc = subprocess.Popen([*EDGEKIT, "generate", str(folders("llama-tiny")), "--prompt-ids", "1,2,3",
-                             "--max-new-tokens", "30000", "--ignore-eos"],
+                             "--max-new-tokens", "8000", "--ignore-eos"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout.read(8)  # tokens are streaming
     proc.send_signal(signal.SIGINT)

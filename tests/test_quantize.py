@@ -24,9 +24,9 @@ from edgekit.errors import PlacementError, QuantizationAgreementError
 from edgekit.quantizing import PRECISION_KEY, op_counts
 from edgekit.session import Session
 
-PRECISIONS = ["int8", "int8-static", "int4", "fp16"]
-MIN_TOP1 = {"int8": 0.75, "int8-static": 0.75, "int4": 0.7, "fp16": 0.75}
-MAX_LOGIT_ERROR = {"int8": 0.15, "int8-static": 0.15, "int4": 0.25, "fp16": 0.05}
+PRECISIONS = ["int8", "int8-static", "int8-block", "int4", "fp16"]
+MIN_TOP1 = {"int8": 0.75, "int8-static": 0.75, "int8-block": 0.75, "int4": 0.7, "fp16": 0.75}
+MAX_LOGIT_ERROR = {"int8": 0.15, "int8-static": 0.15, "int8-block": 0.05, "int4": 0.25, "fp16": 0.05}
 DHSA = dict(budget_tokens=64, block_size=16, chunk_size=8, sink_tokens=8, local_tokens=16)
 
 
@@ -76,7 +76,8 @@ def test_edgekit_bodies_and_metadata_kept(quantized, tiny, method, precision):
     assert Session(quantized[method, precision].path).interface == Session(tiny[method]).interface
 
 
-NEW_OPS = {"int8": "MatMulInteger", "int8-static": None, "int4": "com.microsoft.MatMulNBits", "fp16": None}
+NEW_OPS = {"int8": "MatMulInteger", "int8-static": None, "int8-block": "com.microsoft.MatMulNBits",
+           "int4": "com.microsoft.MatMulNBits", "fp16": None}
 
 
 @pytest.mark.parametrize("method, precision", CASES)
@@ -109,7 +110,7 @@ def test_sizes_shrink(quantized):
     for method in ("dense", "dhsa"):
         ratios = {p: quantized[method, p].weights_ratio for p in PRECISIONS}
         assert ratios["int8"] <= 0.45 and ratios["int8-static"] <= 0.45
-        assert ratios["int4"] <= 0.38 and ratios["fp16"] <= 0.51
+        assert ratios["int4"] <= 0.38 and ratios["fp16"] <= 0.51 and ratios["int8-block"] <= 0.47
         assert quantized[method, "int8"].size_ratio <= 0.55 and quantized[method, "int4"].size_ratio <= 0.48
 
 

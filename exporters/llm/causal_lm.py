@@ -21,6 +21,7 @@ from edgekit.interface import Interface, TensorSpec
 from edgekit.runtime_ops import get_op
 
 from ..family import Family, Method
+from .cache_attention import HEAD_DIM_MULTIPLE
 from .decode import DECODE_ATTENTION, DecodeGraph
 from .gguf_writer import check_common, layer_types
 
@@ -184,7 +185,7 @@ class CausalLMFamily(Family):
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         logits_dims = ("batch", config.vocab_size) if logits_to_keep == 1 else \
             ("batch", logits_to_keep, config.vocab_size)
-        kv = ("batch", config.num_key_value_heads, "sequence" if step == "prefill" else "total_sequence", head_dim)
+        kv = ("batch", config.num_key_value_heads, "sequence" if step == "prefill" else "context", head_dim)
         kv_names = [f"{i}.{kv_name}" for i in range(config.num_hidden_layers) for kv_name in ("key", "value")]
         outputs = [TensorSpec("logits", "float32", logits_dims, doc="last-token logits")]
         outputs += [TensorSpec(f"present.{name}", "float32", kv) for name in kv_names]
@@ -194,11 +195,14 @@ class CausalLMFamily(Family):
         if step == "prefill":
             return Interface(task=cls.task, method="", inputs=(ids,), outputs=tuple(outputs),
                              limits={"sequence": limit} if limit else {})
-        past_kv = ("batch", config.num_key_value_heads, "past_sequence", head_dim)
-        past = tuple(TensorSpec(f"past.{name}", "float32", past_kv) for name in kv_names)
-        return Interface(task=cls.task, method="", inputs=(ids, *past), outputs=tuple(outputs),
+        _check_head_dim(head_dim)
+        mask = TensorSpec("attention_mask", "int64", ("batch", "total_sequence"), low=1, high=2,
+                          doc="ones, one per token in the cache after this step (past + new)")
+        past = tuple(TensorSpec(f"past.{name}", "float32", kv, doc="the cache, updated in place")
+                     for name in kv_names)
+        return Interface(task=cls.task, method="", inputs=(ids, mask, *past), outputs=tuple(outputs),
                          recurrent={f"present.{n}": f"past.{n}" for n in kv_names},
-                         limits={"past_sequence": limit} if limit else {})
+                         limits={"context": limit, "total_sequence": limit} if limit else {})
 
     @classmethod
     def prepare(cls, model: PreTrainedModel, method: str, options: dict, logits_to_keep: int = 1,
@@ -227,6 +231,13 @@ class CausalLMFamily(Family):
         if step == "decode":  # 3 new tokens: the causal offset inside the step is checked too
             return {"seq_len": 3, "past_len": check_tokens, "batch_size": 2}
         return {"seq_len": check_tokens, "batch_size": 2}
+
+
+def _check_head_dim(head_dim: int) -> None:
+    if head_dim % HEAD_DIM_MULTIPLE:
+        raise UnsupportedModelError(f"the decode step runs ONNX Runtime's GroupQueryAttention, whose CPU kernel needs "
+                                    f"a head_dim that is a multiple of {HEAD_DIM_MULTIPLE}; this model's is "
+                                    f"{head_dim}: export the prefill alone (without --with-decode)")
 
 
 def _check_step(step: str, logits_to_keep: int) -> None:

@@ -1,54 +1,36 @@
-"""Decoder-LLM decode step: new token ids + the past key/value cache -> logits and the updated cache.
+"""Decoder-LLM decode step: new token ids + a pre-allocated key/value cache -> logits, the cache updated.
 
-Hugging Face's `DynamicCache` concatenates the past with the new keys/values inside each attention
-layer (one ONNX `Concat`: present = concat(past, new)), then `edgekit_decode` attends the new queries
-to the whole cache with ONNX `Attention` (opset 23, ONNX Runtime's fused kernel). Its causal mask is
-explicit, (T, P + T) with the right offset: new token i sees cache positions <= P + i (and, on
-sliding-window layers, only the last `window` of them). DHSA models prefill sparsely and decode
-densely over the full cache, as the paper's code does.
+The cache is one (B, Hkv, C, D) buffer per layer and key/value, C the context it was sized to. Every
+layer's attention (`edgekit_decode`) is one ONNX Runtime GroupQueryAttention node that writes the new
+keys/values into rows [P, P + T) and attends over rows [0, P + T) (`cache_attention.py`); the Hugging
+Face model runs without a cache object of its own, so nothing concatenates. `attention_mask` (B, P + T),
+all ones, says how many rows are filled after the step (its row sums). DHSA models prefill sparsely and
+decode densely over the full cache, as the paper's code does.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import AttentionInterface, DynamicCache, PreTrainedModel
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 
+from .cache_attention import CacheStep, cache_attention
+
 DECODE_ATTENTION = "edgekit_decode"
-
-
-def decode_mask(query_len: int, key_len: int, window: int | None = None) -> torch.Tensor:
-    """(T, L) True = attend: query i sits at position L - T + i and sees keys up to it (window: the last
-    `window` of them, as Hugging Face's sliding layers do)."""
-    rows = torch.arange(query_len).unsqueeze(1) + (key_len - query_len)  # (T, 1)
-    cols = torch.arange(key_len).unsqueeze(0)  # (1, L)
-    mask = cols <= rows
-    if window:
-        mask = mask & (rows - cols < window)
-    return mask
-
-
-def _eager_attention(query, key, value, mask, scaling, softcap) -> torch.Tensor:
-    """PyTorch twin of ONNX Attention with a boolean mask: cap the scores first, then mask. (B, Hq, T, D)."""
-    group = query.shape[1] // key.shape[1]
-    key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
-    scores = query @ key.transpose(-1, -2) * scaling  # (B, Hq, T, L)
-    if softcap:
-        scores = softcap * torch.tanh(scores / softcap)
-    return scores.masked_fill(~mask, float("-inf")).softmax(-1) @ value
+STEP_KWARG = "edgekit_cache_step"  # how the step's buffers reach every layer's attention (a model kwarg)
 
 
 def decode_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                      softcap=None, sliding_window=None, **kwargs):
-    """Queries (B, Hq, T, D) of the new tokens over the whole cache (B, Hkv, P + T, D). Returns (B, T, Hq, D)."""
-    scaling = scaling or query.shape[-1] ** -0.5
-    mask = decode_mask(query.shape[2], key.shape[2], sliding_window)
-    if torch.onnx.is_in_onnx_export():
-        out, *_ = torch.onnx.ops.attention(query, key, value, attn_mask=mask, scale=scaling,
-                                           softcap=float(softcap or 0.0))
-    else:
-        out = _eager_attention(query, key, value, mask, scaling, softcap)
-    return out.transpose(1, 2).contiguous(), None
+    """Queries (B, Hq, T, D) and the new keys/values (B, Hkv, T, D) of one layer -> (B, T, Hq, D); the
+    layer's present buffers go to the step."""
+    step: CacheStep = kwargs[STEP_KWARG]
+    past_key, past_value = step.buffers[module.layer_idx]
+    out, *present = cache_attention(query, key, value, past_key, past_value, step.lengths,
+                                    scale=scaling or query.shape[-1] ** -0.5, softcap=float(softcap or 0.0),
+                                    window=int(sliding_window or 0))
+    step.present[module.layer_idx] = tuple(present)
+    return out, None
 
 
 AttentionInterface.register(DECODE_ATTENTION, decode_attention)
@@ -56,21 +38,19 @@ AttentionMaskInterface.register(DECODE_ATTENTION, lambda *args, **kwargs: None)
 
 
 class DecodeGraph(torch.nn.Module):
-    """input_ids (B, T) and past.{i}.key / past.{i}.value (B, Hkv, P, D) per layer -> last-token logits
-    (B, vocab) and present.{i}.key / .value (B, Hkv, P + T, D). Positions continue from P."""
+    """input_ids (B, T), attention_mask (B, P + T) and past.{i}.key / past.{i}.value (B, Hkv, C, D) per
+    layer -> last-token logits (B, vocab) and present.{i}.key / .value (B, Hkv, C, D), the same buffers
+    with rows [P, P + T) written. Positions continue from P."""
 
     def __init__(self, model: PreTrainedModel):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor):
-        batch, seq = input_ids.shape
-        start = past[0].shape[2]
-        positions = (torch.arange(seq, device=input_ids.device) + start).expand(batch, seq)
-        cache = DynamicCache()  # full layers only: a sliding layer keeps its whole cache, the mask windows it
-        for layer, (key, value) in enumerate(zip(past[0::2], past[1::2])):
-            cache.update(key, value, layer)
-        out = self.model(input_ids=input_ids, position_ids=positions, cache=cache, use_cache=True,
-                         logits_to_keep=1)
-        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
-        return (out.logits[:, -1, :], *present)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor):
+        seq = input_ids.shape[1]
+        lengths = attention_mask.sum(-1)  # (B,) rows filled after this step
+        positions = lengths[:, None] - seq + torch.arange(seq, device=input_ids.device)  # (B, T)
+        step = CacheStep(list(zip(past[0::2], past[1::2])), lengths)
+        out = self.model(input_ids=input_ids, position_ids=positions, use_cache=False, logits_to_keep=1,
+                         **{STEP_KWARG: step})
+        return (out.logits[:, -1, :], *step.presents())
