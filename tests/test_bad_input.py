@@ -149,7 +149,7 @@ ROWS = {
     "report_output_read_only_folder": Bad(["report", "{w}/profile.json", "-o", "{w}/read-only/r.html"], 1,
                                           ("not writable",), needs_non_root=True),
     "report_passkey_option_not_passkey": Bad(["report", "{w}/profile.json", "--passkey", "{w}/profile.json", "-o",
-                                              f"{OUT}.html"], 1, ("not an edgekit passkey results file",)),
+                                              f"{OUT}.html"], 1, ("not an edgekit passkey or retrieval results file",)),
     # -- other model kinds: options, methods and checkpoints that do not fit ---------------------------
     "export_hilo_alpha_above_1": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--method", "hilo",
                                       "--alpha", "1.5"], 1, ("alpha", "<= 1")),
