@@ -240,8 +240,8 @@ def test_budget_for_a_dense_model_alone(tiny):
 # the whole pipeline through the CLI (random weights, SmolLM2's vocabulary)
 
 
-def export_vocab_model(path, tokenizer, logits_to_keep: int) -> str:
-    """A one-layer DHSA model with SmolLM2's vocabulary (random weights): prompts from the real tokenizer."""
+def export_vocab_model(path, tokenizer, logits_to_keep: int, method: str = "dhsa") -> str:
+    """A one-layer model with SmolLM2's vocabulary (random weights): prompts from the real tokenizer."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from edgekit.exporters.llm.llama import Llama
@@ -251,14 +251,14 @@ def export_vocab_model(path, tokenizer, logits_to_keep: int) -> str:
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
                          tie_word_embeddings=True)
     model = AutoModelForCausalLM.from_config(config).eval()
-    export("v", str(path), method="dhsa", logits_to_keep=logits_to_keep, check_tokens=64,
-           loaded=(Llama, model, "v"), **SMALL_DHSA)
+    export("v", str(path), method=method, logits_to_keep=logits_to_keep, check_tokens=64,
+           loaded=(Llama, model, "v"), **(SMALL_DHSA if method == "dhsa" else {}))
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def vocab_model(tmp_path_factory, tokenizer):
-    return export_vocab_model(tmp_path_factory.mktemp("vocab") / "v-dhsa.onnx", tokenizer, 64)
+    return export_vocab_model(tmp_path_factory.mktemp("vocab") / "v-dhsa.onnx", tokenizer, 0)
 
 
 def test_retrieval_cli_writes_results_table_and_plot(vocab_model, tmp_path):
@@ -282,6 +282,15 @@ def test_retrieval_refuses_too_few_logit_rows(tmp_path, tokenizer):
     with pytest.raises(EdgekitError, match="last 8 token.*longest answer needs 2[0-9].*--logits-to-keep 64"):
         retrieval([path], ["passkey", "multivalue"], [300], samples=1, tokenizer="smollm2-135m")
 
+
+
+def test_ppl_of_a_text_too_short_for_one_window(vocab_model, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.")
+    with pytest.raises(EdgekitError, match=r"the text holds \d+ tokens: too short for one window of 64"):
+        perplexity([vocab_model], [64], text=str(short), tokenizer="smollm2-135m")
+    report = perplexity([vocab_model], [1024], tokenizer="smollm2-135m", windows_per_length=2)  # the default text
+    assert report["settings"]["text"]["text"] == "pydoc_data.topics" and report["results"][0]["windows"] == 2
 
 
 def test_report_takes_retrieval_results_for_the_accuracy_chart(tmp_path):
