@@ -143,11 +143,10 @@ def _bars(series, axis, x_label) -> str | None:
     return _png(fig)
 
 
-def _accuracy(files: list[dict], passkey: list[dict]) -> str | None:
-    """Retrieval hit rate (y) against the latency the profile measured for the same method and length (x).
+def accuracy_points(files: list[dict], passkey: list[dict]) -> dict[str, list[tuple]]:
+    """(latency ms, hit rate, seq_len) per series "method[ · task]", from passkey and `eval retrieval` summaries.
 
-    Passkey and `eval retrieval` summaries alike; one series per (method, task). Rows at a budget other
-    than the exported one are left out: the profile timed the model as exported.
+    Rows at a budget other than the exported one are left out: the profile timed the model as exported.
     """
     latency = {(r.get("method"), r.get("seq_len")): r["latency_ms"]["median"]
                for f in files for r in f["data"]["results"] if r["status"] == "ok" and r.get("seq_len")}
@@ -159,6 +158,12 @@ def _accuracy(files: list[dict], passkey: list[dict]) -> str | None:
             if ms is not None and s["total"] and as_exported:
                 label = s["method"] + (f" · {s['task']}" if s.get("task") else "")
                 points.setdefault(label, []).append((ms, s["found"] / s["total"], s["seq_len"]))
+    return points
+
+
+def _accuracy(files: list[dict], passkey: list[dict]) -> str | None:
+    """Retrieval hit rate (y) against the latency the profile measured for the same method and length (x)."""
+    points = accuracy_points(files, passkey)
     if not points:
         return None
     fig, ax = _pyplot().subplots(figsize=(7, 3.6))

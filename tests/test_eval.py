@@ -305,3 +305,20 @@ def test_report_takes_retrieval_results_for_the_accuracy_chart(tmp_path):
     path.write_text(json.dumps({"kind": "retrieval", "summary": [{"model": "m", "method": "d", "seq_len": 1}]}))
     with pytest.raises(EdgekitError, match="summary row 1: found"):
         load_accuracy(str(path))
+
+
+def test_accuracy_chart_plots_retrieval_tasks_at_the_exported_budget():
+    from edgekit.html_report import accuracy_points, figures
+
+    profile = {"results": [{"model": m, "method": m, "seq_len": 64, "status": "ok", "peak_rss_mb": 1.0,
+                            "latency_ms": {"median": ms, "p90": ms}} for m, ms in (("dense", 9.0), ("dhsa", 5.0))]}
+    row = dict(model="m", seq_len=64, found=1, total=2, task="multikey")
+    retrieval_file = {"kind": "retrieval", "summary": [
+        {**row, "method": "dense", "budget": None}, {**row, "method": "dhsa", "budget": 512, "exported_budget": 64},
+        {**row, "method": "dhsa", "budget": 64, "exported_budget": 64}]}
+    files = [{"name": "p", "path": "p.json", "device": "cpu", "data": profile}]
+    titles = [f["title"] for f in figures(files, [retrieval_file])]
+    assert "Accuracy vs speed (retrieval hits vs prefill latency)" in titles
+    assert accuracy_points(files, [retrieval_file]) == {"dense · multikey": [(9.0, 0.5, 64)],
+                                                         "dhsa · multikey": [(5.0, 0.5, 64)]}
+    assert not [f for f in figures(files, [{"summary": [{**row, "method": "other"}]}]) if "Accuracy" in f["title"]]
