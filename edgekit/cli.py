@@ -518,7 +518,7 @@ eval_app = typer.Typer(no_args_is_help=True, help="Long-context accuracy of expo
                                                     "synthetic retrieval, dense vs DHSA (at several budgets).")
 app.add_typer(eval_app, name="eval")
 BUDGETS_HELP = ("DHSA models: comma-separated budget_tokens to evaluate each at, without re-exporting (dense "
-                "models run once) [as exported]")
+                "models run once) (default: as exported)")
 
 
 @eval_app.command("ppl")
@@ -529,10 +529,11 @@ def eval_ppl(
                                                   "pydoc_data.topics from the standard library, ~465K characters]"),
     token_ids: Optional[str] = typer.Option(None, help="score these token ids instead (.npy, or integers in a text "
                                                        "file): models without a tokenizer"),
-    windows: Optional[int] = typer.Option(None, help="windows per length, from the text's start [all that fit]"),
+    windows: Optional[int] = typer.Option(None, help="windows per length, from the text's start (default: all "
+                                                     "that fit)"),
     budgets: Optional[str] = typer.Option(None, help=BUDGETS_HELP),
-    tokenizer: Optional[str] = typer.Option(None, help="packaged model, .gguf or HF folder [the one recorded at "
-                                                       "export]"),
+    tokenizer: Optional[str] = typer.Option(None, help="packaged model, .gguf or HF folder (default: the one "
+                                                       "recorded at export)"),
     ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
     json_out: Optional[str] = typer.Option(None, "--json", help="write the full results as JSON"),
@@ -558,8 +559,8 @@ def eval_retrieval(
     samples: int = typer.Option(5, help="prompts per task and length"),
     seed: int = typer.Option(0, help="seed of the generated prompts"),
     budgets: Optional[str] = typer.Option(None, help=BUDGETS_HELP),
-    tokenizer: Optional[str] = typer.Option(None, help="packaged model, .gguf or HF folder [the one recorded at "
-                                                       "export]"),
+    tokenizer: Optional[str] = typer.Option(None, help="packaged model, .gguf or HF folder (default: the one "
+                                                       "recorded at export)"),
     ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
     threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
     json_out: Optional[str] = typer.Option(None, "--json", help="write the full results as JSON (for `edgekit "
