@@ -132,7 +132,7 @@ class VarTrack(Task):
     intro = "Memorize and track the chains of variable assignments hidden in the long text below."
     assign = "VAR {name} = {value}."
     question = "Which variables are assigned the value {value}?"
-    answer_prefix = "The variables assigned the value {value} are:"
+    answer_prefix = "The variables assigned the value {value} are"
     hops = 3  # assignments after the first: 4 variables hold the value
 
     def make(self, tokenizer, length, rng):
@@ -144,7 +144,7 @@ class VarTrack(Task):
         needles = self._chain(chain, value, sorted(depths(rng, len(chain))))
         needles += self._chain(other, decoy, sorted(depths(rng, len(other))))
         return self._sample(tokenizer, length, needles, self.question.format(value=value),
-                            self.answer_prefix.format(value=value), chain, separator="")
+                            self.answer_prefix.format(value=value), chain)
 
     def _chain(self, names: list[str], value: str, at: list[float]) -> list[tuple[str, float]]:
         sources = [value] + names[:-1]  # VAR A = 12345, VAR B = A, VAR C = B, ...
