@@ -79,6 +79,7 @@ class RetrievalSummary(AccuracySummary):
     accuracy: float
     partial: float
     ratio_to_dense: Optional[float] = None
+    partial_ratio_to_dense: Optional[float] = None
 
 
 class RetrievalFile(_Open):

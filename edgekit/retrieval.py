@@ -16,6 +16,7 @@ from edgekit.retrieval_tasks import get_tasks, make_cases
 
 Progress = Callable[[str, int, int], None]  # (what runs now, how many are done, how many in all)
 DEFAULT_TASKS = ("passkey", "multikey", "multivalue", "vartrack")
+SEVERAL_VALUES = ("multivalue", "vartrack")  # tasks whose table cells show partial credit
 LOGITS_HINT = "re-export it with --logits-to-keep 64 (or 0: every position)"
 
 
@@ -90,11 +91,13 @@ def summarize(results: list[dict]) -> list[dict]:
         row["credit"] += r["parts_correct"] / r["parts"]
         row["failed"] += int(r["status"] != "ok")
         row["total"] += 1
-    dense = {(s["task"], s["seq_len"]): s["found"] / s["total"] for s in rows.values() if s["method"] == "dense"}
     for s in rows.values():
         s["accuracy"], s["partial"] = s["found"] / s["total"], s.pop("credit") / s["total"]
-        base = dense.get((s["task"], s["seq_len"]))
-        s["ratio_to_dense"] = s["accuracy"] / base if base else None
+    dense = {(s["task"], s["seq_len"]): s for s in rows.values() if s["method"] == "dense"}
+    for s in rows.values():
+        base = dense.get((s["task"], s["seq_len"]), {})
+        for metric, ratio in (("accuracy", "ratio_to_dense"), ("partial", "partial_ratio_to_dense")):
+            s[ratio] = s[metric] / base[metric] if base.get(metric) else None
     return list(rows.values())
 
 
@@ -121,44 +124,56 @@ def _column(model: str, method: str, budget: int | None) -> str:
 
 
 def _cell(s: dict) -> str:
-    cell = f"{s['found']}/{s['total']}"
-    if s["task"] in ("multivalue", "vartrack"):
-        cell += f" ({s['partial']:.0%})"
-    if s["method"] != "dense" and s["ratio_to_dense"] is not None:
-        cell += f" {s['ratio_to_dense']:.2f}x"
+    """'1/2 0.50x (62% 1.00x)': fully correct, its ratio to dense; partial credit (several values), its ratio."""
+    sparse = s["method"] != "dense"
+    ratio = lambda key: f" {s[key]:.2f}x" if sparse and s.get(key) is not None else ""  # noqa: E731
+    cell = f"{s['found']}/{s['total']}" + ratio("ratio_to_dense")
+    if s["task"] in SEVERAL_VALUES:
+        cell += f" ({s['partial']:.0%}{ratio('partial_ratio_to_dense')})"
     return cell + (f" ({s['failed']} failed)" if s["failed"] else "")
 
 
+METRICS = (("accuracy", "fully correct"), ("partial", "values found (partial credit)"))
+
+
 def plot_budgets(report: dict, path: str) -> None:
-    """Accuracy per task vs DHSA budget (one panel per length); dense as a dashed line of the task's colour."""
+    """Accuracy per task vs DHSA budget, a column per length, a row per metric (fully correct, partial
+    credit); dense as a dashed line in the task's colour (a budget >= the length is dense exactly)."""
     from edgekit.files import atomic_output
     from edgekit.html_report import _pyplot
 
     plt = _pyplot()
     summary = report["summary"]
     lengths = list(dict.fromkeys(s["seq_len"] for s in summary))
-    tasks = list(dict.fromkeys(s["task"] for s in summary))
-    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.8), squeeze=False)
-    for ax, length in zip(axes[0], lengths):
-        for i, task in enumerate(tasks):
-            colour = f"C{i}"
-            rows = [s for s in summary if s["seq_len"] == length and s["task"] == task]
-            sparse = sorted((s["budget"] or s["exported_budget"], s["accuracy"]) for s in rows
-                            if s["method"] != "dense" and (s["budget"] or s["exported_budget"]))
-            if sparse:
-                ax.plot(*zip(*sparse), "o-", color=colour, label=f"{task} (DHSA)")
-            for s in rows:
-                if s["method"] == "dense":
-                    ax.axhline(s["accuracy"], color=colour, linestyle="--", alpha=0.7, label=f"{task} (dense)")
-        budgets = sorted({s["budget"] or s["exported_budget"] for s in summary if s["method"] != "dense"} - {None})
-        ax.set_xscale("log", base=2)
-        if budgets:
-            ax.set_xticks(budgets, [str(b) for b in budgets])
-        ax.set(title=f"{length} tokens", xlabel="DHSA budget_tokens (keys per query)", ylabel="fully correct",
-               ylim=(-0.05, 1.05))
-        ax.grid(True, alpha=0.3)
+    fig, axes = plt.subplots(len(METRICS), len(lengths), figsize=(5 * len(lengths), 7), squeeze=False)
+    for row, (metric, label) in enumerate(METRICS):
+        for ax, length in zip(axes[row], lengths):
+            _budget_panel(ax, [s for s in summary if s["seq_len"] == length], metric)
+            ax.set(title=f"{length} tokens", ylabel=label, ylim=(-0.05, 1.05),
+                   xlabel="DHSA budget_tokens (keys per query)" if row == len(METRICS) - 1 else "")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def _budget_panel(ax, rows: list[dict], metric: str) -> None:
+    """One length's tasks: DHSA points over the budget (log2 axis), dense as a horizontal line."""
+    budget = lambda s: s["budget"] or s["exported_budget"]  # noqa: E731
+    for i, task in enumerate(dict.fromkeys(s["task"] for s in rows)):
+        mine = [s for s in rows if s["task"] == task]
+        sparse = sorted((budget(s), s[metric]) for s in mine if s["method"] != "dense" and budget(s))
+        if sparse:
+            ax.plot(*zip(*sparse), "o-", color=f"C{i}", label=f"{task} (DHSA)")
+        for s in mine:
+            if s["method"] == "dense":
+                ax.axhline(s[metric], color=f"C{i}", linestyle="--", alpha=0.7, label=f"{task} (dense)")
+    budgets = sorted({budget(s) for s in rows if s["method"] != "dense"} - {None})
+    ax.set_xscale("log", base=2)
+    if budgets:
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.minorticks_off()
+    ax.grid(True, alpha=0.3)

@@ -156,7 +156,14 @@ def test_summary_ratio_to_dense():
                                                              ("dhsa", False)]]
     summary = {s["method"]: s for s in summarize(rows)}
     assert summary["dense"]["accuracy"] == 1.0 and summary["dhsa"]["accuracy"] == 0.5
-    assert summary["dhsa"]["ratio_to_dense"] == 0.5
+    assert summary["dhsa"]["ratio_to_dense"] == 0.5 and summary["dhsa"]["partial_ratio_to_dense"] == 0.5
+
+
+def test_summary_without_a_dense_hit_has_no_ratio():
+    rows = [dict(model=m, method=m, budget=None, task="multivalue", seq_len=64, status="ok", correct=False,
+                 parts_correct=p, parts=4) for m, p in [("dense", 2), ("dhsa", 1)]]
+    summary = {s["method"]: s for s in summarize(rows)}
+    assert summary["dhsa"]["ratio_to_dense"] is None and summary["dhsa"]["partial_ratio_to_dense"] == 0.5
 
 
 # ---------------------------------------------------------------------------------------------------
