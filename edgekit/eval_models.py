@@ -2,7 +2,8 @@
 
 A DHSA model is evaluated at another `budget_tokens` without re-exporting: the attribute of every
 `edgekit::DHSAAttention` node is overridden in the loaded proto (validated by the op's own schema) before
-the session is created. The ONNX body reads the attribute at run time, so nothing else changes.
+the session is created. ONNX Runtime inlines the op's function body with the node's attributes when the
+session starts, so the new budget is all that changes.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def load_models(paths: Sequence[str], budgets: Sequence[int] | None = None) -> l
 
 
 def _inspect(path: str) -> EvalModel:
+    if Path(path).is_dir():
+        raise EdgekitError(f"{path} is a folder: give its prefill .onnx file")
     if not Path(path).is_file():
         raise EdgekitError(f"model file not found: {path}")
     try:
