@@ -106,8 +106,8 @@ def export(
     alpha: Optional[float] = typer.Option(None, help="HiLo: share of heads in the Lo-Fi (global) branch [0.9]"),
     window: Optional[int] = typer.Option(None, help="HiLo / window / SRA: window (pooling) size [2]"),
     check_tokens: Optional[int] = typer.Option(None, help="LLMs: prompt length of the ONNX-vs-PyTorch check [64]"),
-    logits_to_keep: Optional[int] = typer.Option(None, help="LLMs: emit logits of the last N tokens "
-                                                            "(N > 1: shape B, N, vocab)"),
+    logits_to_keep: Optional[int] = typer.Option(None, help="LLMs: emit logits of the last N tokens (0: every token, "
+                                                            "for `edgekit eval ppl`; N != 1: shape B, N or S, vocab)"),
     atol: Optional[float] = typer.Option(None, help="export check: max |ONNX Runtime - PyTorch| allowed, "
                                                     "times max(1, max |output|) [the family's, 1e-3]"),
     with_decode: bool = typer.Option(False, "--with-decode", help="LLMs: write a folder (-o DIR) with prefill.onnx, "
@@ -439,8 +439,9 @@ def report_cmd(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="write the report here (format from the "
                                                                       "suffix: .html, .md, .json, .csv) [stdout]"),
     fmt: Optional[str] = typer.Option(None, "--format", help="html | md | json | csv [from -o, else md]"),
-    passkey_files: List[Path] = typer.Option([], "--passkey", help="`edgekit passkey --json` results for the "
-                                                                   "accuracy-vs-speed chart (repeatable)"),
+    passkey_files: List[Path] = typer.Option([], "--passkey", "--retrieval",
+                                             help="`edgekit passkey --json` or `edgekit eval retrieval --json` "
+                                                  "results for the accuracy-vs-speed chart (repeatable)"),
     compare: List[Path] = typer.Option([], help="baseline results to gate against, with --fail-on (repeatable: "
                                                 "rows of every file count)"),
     fail_on: Optional[str] = typer.Option(None, help="e.g. latency:+10%,memory:+10%: exit 3 past a threshold, "
@@ -587,6 +588,84 @@ def passkey_cmd(
         results = passkey(models, sizes, fractions, trials=trials, seed=seed, ep=ep, threads=threads,
                           on_step=step)
     _emit(results, markdown(results), json_out)
+
+
+eval_app = typer.Typer(no_args_is_help=True, help="Long-context accuracy of exported LLMs: perplexity and "
+                                                    "synthetic retrieval, dense vs DHSA (at several budgets).")
+app.add_typer(eval_app, name="eval")
+BUDGETS_HELP = ("DHSA models: comma-separated budget_tokens to evaluate each at, without re-exporting (dense "
+                "models run once) (default: as exported)")
+
+
+@eval_app.command("ppl")
+def eval_ppl(
+    models: List[str] = typer.Argument(..., help="ONNX files exported with --logits-to-keep 0 (every position)"),
+    lengths: str = typer.Option("2048,8192", help="comma-separated window lengths in tokens"),
+    text: Optional[str] = typer.Option(None, help="UTF-8 text file to score [Python's own documentation, "
+                                                  "pydoc_data.topics from the standard library, ~465K characters]"),
+    token_ids: Optional[str] = typer.Option(None, help="score these token ids instead (.npy, or integers in a text "
+                                                       "file): models without a tokenizer"),
+    windows: Optional[int] = typer.Option(None, help="windows per length, from the text's start (default: all "
+                                                     "that fit)"),
+    budgets: Optional[str] = typer.Option(None, help=BUDGETS_HELP),
+    tokenizer: Optional[str] = typer.Option(None, help="packaged model, .gguf or HF folder (default: the one "
+                                                       "recorded at export)"),
+    ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the full results as JSON"),
+):
+    """Perplexity over non-overlapping windows of a long real text (mean next-token loss, from ORT's logits)."""
+    from edgekit.perplexity import markdown, perplexity
+
+    _check_outputs(json_out)
+    with _StepProgress(None) as step:
+        results = perplexity(models, _values(lengths, int, "--lengths"), text=text, token_ids=token_ids,
+                             windows_per_length=windows, budgets=_int_list(budgets, "--budgets"),
+                             tokenizer=tokenizer, ep=ep, threads=threads, on_step=step)
+    _emit_eval(results, markdown(results), json_out)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    models: List[str] = typer.Argument(..., help="ONNX files exported with --logits-to-keep 64 (or 0)"),
+    tasks: str = typer.Option("passkey,multikey,multivalue,vartrack", help="comma-separated tasks: passkey, "
+                              "multikey (one key among distractors), multivalue (every value of one key), "
+                              "vartrack (variables of an assignment chain)"),
+    lengths: str = typer.Option("4096,8192", help="comma-separated prompt lengths in tokens"),
+    samples: int = typer.Option(5, help="prompts per task and length"),
+    seed: int = typer.Option(0, help="seed of the generated prompts"),
+    budgets: Optional[str] = typer.Option(None, help=BUDGETS_HELP),
+    tokenizer: Optional[str] = typer.Option(None, help="packaged model, .gguf or HF folder (default: the one "
+                                                       "recorded at export)"),
+    ep: str = typer.Option("cpu", help="execution-provider profile (profiles/<name>.toml)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads (default: the profile's)"),
+    json_out: Optional[str] = typer.Option(None, "--json", help="write the full results as JSON (for `edgekit "
+                                                                "report --retrieval`)"),
+    plot_out: Optional[str] = typer.Option(None, "--plot", help="write accuracy vs budget per task (PNG)"),
+):
+    """Synthetic RULER-style retrieval, seeded: fully correct answers (and partial credit) per task and length."""
+    from edgekit.retrieval import markdown, plot_budgets, retrieval
+
+    _check_outputs(json_out, plot_out)
+    with _StepProgress(None) as step:
+        results = retrieval(models, [t.strip() for t in tasks.split(",") if t.strip()],
+                            _values(lengths, int, "--lengths"), samples=samples, seed=seed,
+                            budgets=_int_list(budgets, "--budgets"), tokenizer=tokenizer, ep=ep, threads=threads,
+                            on_step=step)
+    _emit_eval(results, markdown(results), json_out)
+    if plot_out:
+        plot_budgets(results, plot_out)
+        err.print(f"figure: {plot_out}")
+
+
+def _emit_eval(results: dict, table: str, json_out: Optional[str]) -> None:
+    from edgekit import eval_results
+
+    typer.echo(table)
+    if json_out:
+        eval_results.write(results, json_out)
+        err.print(f"results: {json_out}")
+    _fail_if_nothing_ran(results)
 
 
 def _values(text: str, kind: type, flag: str) -> list:

@@ -23,6 +23,8 @@ from edgekit.runtime_ops import DOMAIN
 from edgekit.runtime_ops.attach import all_nodes, attach_functions
 from edgekit.tasks import get_task
 
+TOKENIZER = "edgekit.tokenizer"  # metadata: where the model's tokenizer lives (see sources.tokenizer_spec)
+
 
 @dataclasses.dataclass
 class ExportResult:
@@ -66,8 +68,9 @@ def export(model: str, output: str, method: str | None = None, *, weights: str |
     graph = family.prepare(torch_model, method, op_options, **graph_options)
     example = interface.example_inputs(get_task(family.task).sizes(workload), seed)
     proto = attach_functions(family.to_onnx(graph, interface, example))
+    tokenizer = sources.tokenizer_spec(model, weights)
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                        **interface.to_metadata()})
+                                        **interface.to_metadata(), **({TOKENIZER: tokenizer} if tokenizer else {})})
     limit = family.tolerance if tolerance is None else tolerance
     with atomic_output_group(output) as folder:  # the check runs the file as written, then it is published
         written = folder / Path(output).name

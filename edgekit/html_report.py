@@ -52,7 +52,7 @@ def figures(files: list[dict], passkey: list[dict] = ()) -> list[dict]:
         charts.append(("Where the time goes (ONNX Runtime's per-node profile, `profile --breakdown`)" + suffix,
                        _breakdown(task_files)))
     if passkey:
-        charts.append(("Accuracy vs speed (passkey hits vs prefill latency)", _accuracy(files, passkey)))
+        charts.append(("Accuracy vs speed (retrieval hits vs prefill latency)", _accuracy(files, passkey)))
     return [{"title": t, "png": png} for t, png in charts if png]
 
 
@@ -158,23 +158,34 @@ def _bars(series, axis, x_label) -> str | None:
     return _png(fig)
 
 
-def _accuracy(files: list[dict], passkey: list[dict]) -> str | None:
-    """Passkey hit rate (y) against the latency the profile measured for the same method and length (x)."""
+def accuracy_points(files: list[dict], passkey: list[dict]) -> dict[str, list[tuple]]:
+    """(latency ms, hit rate, seq_len) per series "method[ · task]", from passkey and `eval retrieval` summaries.
+
+    Rows at a budget other than the exported one are left out: the profile timed the model as exported.
+    """
     latency = {(r.get("method"), r.get("seq_len")): r["latency_ms"]["median"]
                for f in files for r in f["data"]["results"] if r["status"] == "ok" and r.get("seq_len")}
     points: dict[str, list] = {}
     for data in passkey:
         for s in data["summary"]:
             ms = latency.get((s["method"], s["seq_len"]))
-            if ms is not None and s["total"]:
-                points.setdefault(s["method"], []).append((ms, s["found"] / s["total"], s["seq_len"]))
+            as_exported = s.get("budget") in (None, s.get("exported_budget"))
+            if ms is not None and s["total"] and as_exported:
+                label = s["method"] + (f" · {s['task']}" if s.get("task") else "")
+                points.setdefault(label, []).append((ms, s["found"] / s["total"], s["seq_len"]))
+    return points
+
+
+def _accuracy(files: list[dict], passkey: list[dict]) -> str | None:
+    """Retrieval hit rate (y) against the latency the profile measured for the same method and length (x)."""
+    points = accuracy_points(files, passkey)
     if not points:
         return None
     fig, ax = _pyplot().subplots(figsize=(7, 3.6))
-    for method, ps in points.items():
-        ax.plot([p[0] for p in ps], [p[1] for p in ps], "o", label=method)
+    for label, ps in points.items():
+        ax.plot([p[0] for p in ps], [p[1] for p in ps], "o", label=label)
         for ms, hits, n in ps:
             ax.annotate(f"{n} tok", (ms, hits), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="prefill latency, median (ms)", ylabel="passkey hits / prompts", ylim=(-0.05, 1.05))
+    ax.set(xlabel="prefill latency, median (ms)", ylabel="answers found / prompts", ylim=(-0.05, 1.05))
     ax.legend(fontsize=7)
     return _png(fig)

@@ -9,7 +9,6 @@ and models exported with `export(..., logits_to_keep=LOGITS_TO_KEEP)` can be sco
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import random
 from pathlib import Path
@@ -17,7 +16,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from edgekit import haystack
 from edgekit.errors import EdgekitError, first_line
+from edgekit.haystack import Prompt
+from edgekit.retrieval_tasks import TASKS
 
 Progress = Callable[[str, int], None]  # (what runs now, how many are done)
 
@@ -26,30 +28,12 @@ Progress = Callable[[str, int], None]  # (what runs now, how many are done)
 LOGITS_TO_KEEP = 8
 DEFAULT_TOKENIZER = "smollm2-135m"
 
-FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
-INTRO = ("A pass key is hidden somewhere in the long text below. Find it and remember it: "
-         "you will be asked for it at the end.")
-NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
-QUESTION = "What is the pass key?"
-ANSWER_PREFIX = "The pass key is"
+# The prompt's wording lives with the task (retrieval_tasks.Passkey); these names are kept for callers.
+PASSKEY = TASKS["passkey"]
+NEEDLE, INTRO, QUESTION, ANSWER_PREFIX = PASSKEY.needle, PASSKEY.intro, PASSKEY.question, PASSKEY.answer_prefix
 # Plain text, not the chat template: it also suits base models, and dense SmolLM2-135M-Instruct finds
 # 9/9 keys at 1.5K tokens with it (in the assistant turn it often began "The pass key is a ...").
 USE_CHAT_TEMPLATE = False
-
-
-@dataclasses.dataclass(frozen=True)
-class PasskeyPrompt:
-    """Token ids of one prompt; `model_input` is what a model sees (prompt + answer, teacher-forced)."""
-
-    ids: tuple[int, ...]
-    answer_ids: tuple[int, ...]
-    key: str
-    needle_start: int  # token index where the needle begins
-
-    @property
-    def model_input(self) -> np.ndarray:
-        """The last answer token is never an input: nothing is predicted after it."""
-        return np.array([self.ids + self.answer_ids[:-1]], dtype=np.int64)  # (1, S)
 
 
 @functools.lru_cache(maxsize=4)
@@ -70,75 +54,19 @@ def load_tokenizer(spec: str = DEFAULT_TOKENIZER):
     raise EdgekitError(f"tokenizer '{spec}' is not a packaged model, a .gguf file or a Hugging Face folder")
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False)
-
-
-def _frame(tokenizer) -> tuple[str, str]:
-    """Text before and after the user's message (the chat template's turns, or nothing)."""
-    if not USE_CHAT_TEMPLATE:
-        return "", " " + ANSWER_PREFIX
-    marker = "\x00"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
-                                         add_generation_prompt=True)
-    head, tail = text.split(marker)
-    return head, tail + ANSWER_PREFIX
-
-
-def _filler_sentences(tokenizer, budget: int) -> list[list[int]]:
-    """Whole filler sentences, cycled, whose tokens fit in `budget`."""
-    pieces = [_encode(tokenizer, " " + s) for s in FILLER]
-    sentences, used = [], 0
-    while used + len(pieces[len(sentences) % len(pieces)]) <= budget:
-        sentences.append(pieces[len(sentences) % len(pieces)])
-        used += len(sentences[-1])
-    return sentences
-
-
-def _split_space(tokenizer, ids: list[int]) -> tuple[list[int], list[int]]:
-    """Leading whitespace-only tokens (SmolLM2's " " before digits) join the prompt, not the answer.
-
-    Otherwise the first scored token is a choice of phrasing (" the", " a" or " " after "The pass key
-    is"), not of retrieval: dense SmolLM2 sometimes says "is the 60494" and would score as not found.
-    """
-    n = 0
-    while n < len(ids) - 1 and not tokenizer.decode(ids[: n + 1]).strip():
-        n += 1
-    return ids[:n], ids[n:]
-
-
-def build_prompt(tokenizer, length: int, depth: float, key: str) -> PasskeyPrompt:
+def build_prompt(tokenizer, length: int, depth: float, key: str) -> Prompt:
     """A prompt whose model input is at most `length` tokens (short by less than one filler sentence)."""
-    head, tail = _frame(tokenizer)
-    start = _encode(tokenizer, head + INTRO)
-    needle = _encode(tokenizer, " " + NEEDLE.format(key=key))
-    end = _encode(tokenizer, " " + QUESTION + tail)
-    space, answer = _split_space(tokenizer, _encode(tokenizer, " " + key))
-    end += space
-    budget = length - len(start) - len(needle) - len(end) - (len(answer) - 1)
-    sentences = _filler_sentences(tokenizer, budget)
-    if not sentences:
-        raise EdgekitError(f"passkey length {length} is too short: the fixed text alone takes "
-                           f"{length - budget} tokens")
-    split = round(depth * len(sentences))
-    before = [t for s in sentences[:split] for t in s]
-    after = [t for s in sentences[split:] for t in s]
-    ids = start + before + needle + after + end
-    return PasskeyPrompt(tuple(ids), tuple(answer), key, needle_start=len(start) + len(before))
+    return PASSKEY.prompt(tokenizer, length, key, depth).prompt
 
 
 def score(logits: np.ndarray, answer_ids: Sequence[int]) -> tuple[bool, list[int]]:
     """Found iff the argmax of every answer position is the answer token; also returns the argmaxes.
 
-    `logits` (N, vocab) belong to the last N inputs of prompt + answer[:-1]: row -len(answer) predicts
-    the first answer token, the last row the last one.
+    `logits` (N, vocab) belong to the last N inputs of prompt + answer[:-1] (see haystack.score).
     """
-    n = len(answer_ids)
-    if logits.ndim != 2 or logits.shape[0] < n:
-        raise EdgekitError(f"scoring a {n}-token answer needs logits of its {n} positions, got shape "
-                           f"{tuple(logits.shape)}: export with logits_to_keep={LOGITS_TO_KEEP}")
-    predicted = logits[-n:].argmax(axis=-1).tolist()
-    return predicted == list(answer_ids), predicted
+    answer = Prompt((), tuple(answer_ids), ((0, len(answer_ids)),), ())
+    result = haystack.score(logits, answer, hint=f": export with logits_to_keep={LOGITS_TO_KEEP}")
+    return result.correct, result.predicted
 
 
 def passkey(models: Sequence[str], lengths: Sequence[int], depths: Sequence[float], trials: int = 1,
@@ -220,7 +148,7 @@ def make_cases(tokenizer, lengths, depths, trials: int, seed: int) -> list[dict]
             for trial in range(trials):
                 key = str(rng.randint(10000, 99999))
                 prompt = build_prompt(tokenizer, seq_len, depth, key)
-                cases.append({"seq_len": seq_len, "depth": depth, "trial": trial, "prompt": prompt})
+                cases.append({"seq_len": seq_len, "depth": depth, "trial": trial, "prompt": prompt, "key": key})
     return cases
 
 
@@ -230,7 +158,7 @@ def _try_case(session, tokenizer, case: dict) -> dict:
         return {**_run_case(session, tokenizer, case), "status": "ok"}
     except EdgekitError as exc:
         return {"seq_len": case["seq_len"], "depth": case["depth"], "trial": case["trial"],
-                "key": case["prompt"].key, "found": False, "status": "error", "error": first_line(exc)}
+                "key": case["key"], "found": False, "status": "error", "error": first_line(exc)}
 
 
 def _run_case(session, tokenizer, case: dict) -> dict:
@@ -239,7 +167,7 @@ def _run_case(session, tokenizer, case: dict) -> dict:
     logits = session.run({"input_ids": ids}, outputs=["logits"])["logits"][0]  # (N, vocab)
     found, predicted = score(logits, prompt.answer_ids)
     return {"seq_len": case["seq_len"], "tokens": int(ids.shape[1]), "depth": case["depth"],
-            "trial": case["trial"], "key": prompt.key, "found": found,
+            "trial": case["trial"], "key": case["key"], "found": found,
             "answer": tokenizer.decode(predicted).strip()}
 
 

@@ -136,8 +136,9 @@ def load_results(path: str) -> dict:
     except (OSError, ValueError) as exc:  # ValueError: bad JSON, or bytes that are no text at all
         raise ProfileError(f"cannot read profile results {path}: {exc}") from None
     if isinstance(data, dict) and "summary" in data:
-        raise ProfileError(f"{path}: this is a passkey results file; `edgekit passkey` prints its table, "
-                           f"`edgekit report` renders `edgekit profile --json` files")
+        raise ProfileError(f"{path}: this is a {data.get('kind', 'passkey')} results file; its command prints its "
+                           f"table, `edgekit report` renders `edgekit profile --json` files (retrieval results "
+                           f"join them with --retrieval)")
     if not isinstance(data, dict) or "results" not in data:
         raise ProfileError(f"{path} is not an edgekit profile (no 'results')")
     if data["results"] == []:

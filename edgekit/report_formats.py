@@ -101,11 +101,7 @@ def format_of(output: str | None, fmt: str | None) -> str:
 
 
 def load_passkey(path: str) -> dict:
-    """A `passkey --json` file (for the accuracy-vs-speed chart)."""
-    try:
-        data = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ProfileError(f"cannot read passkey results {path}: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("summary"), list):
-        raise ProfileError(f"{path} is not an edgekit passkey results file (no 'summary')")
-    return data
+    """A `passkey --json` or `eval retrieval --json` file (for the accuracy-vs-speed chart)."""
+    from edgekit.eval_results import load_accuracy
+
+    return load_accuracy(path)

@@ -81,6 +81,16 @@ def tokenizer_source(spec: str) -> Path | None:
     return Path(spec).absolute()
 
 
+def tokenizer_spec(spec: str, weights: str | None = None) -> str | None:
+    """What an exported file records as its tokenizer (`edgekit.tokenizer`): a packaged model's name (it
+    travels between machines), else the GGUF file's or folder's absolute path; None for random presets."""
+    if weights is not None or spec in presets():
+        return None
+    if spec in PACKAGED:
+        return spec
+    return str(Path(spec).absolute()) if Path(spec).exists() else None
+
+
 def _load_folder(path: Path):
     from transformers import AutoConfig
 

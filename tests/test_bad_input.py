@@ -191,7 +191,7 @@ ROWS = {
     "report_output_read_only_folder": Bad(["report", "{w}/profile.json", "-o", "{w}/read-only/r.html"], 1,
                                           ("not writable",), needs_non_root=True),
     "report_passkey_option_not_passkey": Bad(["report", "{w}/profile.json", "--passkey", "{w}/profile.json", "-o",
-                                              f"{OUT}.html"], 1, ("not an edgekit passkey results file",)),
+                                              f"{OUT}.html"], 1, ("not an edgekit passkey or retrieval results file",)),
     # -- other model kinds: options, methods and checkpoints that do not fit ---------------------------
     "export_hilo_alpha_above_1": Bad(["export", "litv2-tiny", "-o", f"{OUT}.onnx", "--method", "hilo",
                                       "--alpha", "1.5"], 1, ("alpha", "<= 1")),
@@ -328,6 +328,53 @@ ROWS = {
     "generate_an_onnx_file": Bad(["generate", "{w}/dense.onnx", "--prompt-ids", "1"], 1,
                                  ("is a file, not a model folder",)),
     "generate_missing_folder": Bad(["generate", "{w}/no-such-folder", "--prompt-ids", "1"], 1, ("not found",)),
+    # -- eval ppl / retrieval: tasks, lengths, budgets and texts that cannot work ------------------------
+    "eval_retrieval_unknown_task": Bad(["eval", "retrieval", "{w}/dense-all.onnx", "--tasks", "passkey,needle",
+                                        "--json", f"{OUT}.json"], 1, ("unknown task 'needle'", "multikey, multivalue")),
+    "eval_retrieval_length_beyond_context": Bad(["eval", "retrieval", "{w}/dense-all.onnx", "--lengths", "4096,40000"],
+                                                1, ("length 40000 is beyond the context", "32768 tokens")),
+    "eval_ppl_length_beyond_context": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--token-ids", "{w}/ids.txt",
+                                           "--lengths", "40000"], 1, ("length 40000 is beyond the context",)),
+    "eval_retrieval_samples_zero": Bad(["eval", "retrieval", "{w}/dense-all.onnx", "--samples", "0"], 1,
+                                       ("--samples must be >= 1",)),
+    "eval_budget_below_the_ops_bound": Bad(["eval", "ppl", "{w}/dhsa-all.onnx", "--token-ids", "{w}/ids.txt",
+                                            "--lengths", "64", "--budgets", "64,16"], 1,
+                                           ("budget_tokens (16) must cover", "(40)")),
+    "eval_budget_zero": Bad(["eval", "retrieval", "{w}/dhsa-all.onnx", "--budgets", "0"], 1,
+                            ("--budgets wants positive integers",)),
+    "eval_budget_for_a_dense_model": Bad(["eval", "retrieval", "{w}/dense-all.onnx", "--budgets", "512", "--json",
+                                          f"{OUT}.json"], 1, ("--budgets applies to DHSA models", "dense")),
+    "eval_ppl_token_ids_too_short": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--token-ids", "{w}/ids.txt",
+                                         "--lengths", "64,1024", "--json", f"{OUT}.json"], 1,
+                                        ("holds 300 tokens: too short for one window of 1024",)),
+    "eval_ppl_text_too_short": Bad(["eval", "ppl", "{w}/vocab-all.onnx", "--tokenizer", "smollm2-135m", "--text",
+                                    "{w}/notes.txt", "--lengths", "64"], 1, ("too short for one window of 64",)),
+    "eval_ppl_text_not_utf8": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--text", "{w}/junk.json"], 1,
+                                  ("cannot read text file", "junk.json", "not UTF-8")),
+    "eval_ppl_text_is_a_folder": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--text", "{w}"], 1,
+                                     ("cannot read text file",)),
+    "eval_ppl_text_missing": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--text", "{w}/none.txt"], 1,
+                                 ("text file not found",)),
+    "eval_ppl_token_ids_not_integers": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--token-ids", "{w}/notes.txt"], 1,
+                                           ("cannot read token ids", "notes.txt")),
+    "eval_ppl_text_and_token_ids": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--text", "{w}/notes.txt",
+                                        "--token-ids", "{w}/ids.txt"], 1, ("not both",)),
+    "eval_ppl_preset_without_tokenizer": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--lengths", "64"], 1,
+                                             ("records no tokenizer", "--tokenizer")),
+    "eval_ppl_last_token_logits": Bad(["eval", "ppl", "{w}/dense.onnx", "--token-ids", "{w}/ids.txt", "--lengths",
+                                       "64"], 1, ("--logits-to-keep 0",)),
+    "eval_ppl_other_vocabulary": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--tokenizer", "smollm2-135m",
+                                      "--lengths", "64"], 1, ("vocabulary of 512",)),
+    "eval_ppl_missing_model": Bad(["eval", "ppl", "{w}/missing.onnx", "--token-ids", "{w}/ids.txt"], 1,
+                                  ("model file not found",)),
+    "eval_ppl_image_model": Bad(["eval", "ppl", "{w}/litv2.onnx", "--token-ids", "{w}/ids.txt"], 1,
+                                ("not an edgekit LLM prefill export",)),
+    "eval_ppl_windows_zero": Bad(["eval", "ppl", "{w}/dense-all.onnx", "--token-ids", "{w}/ids.txt", "--windows",
+                                  "0"], 1, ("--windows must be >= 1",)),
+    "eval_retrieval_plot_onto_a_directory": Bad(["eval", "retrieval", "{w}/dense-all.onnx", "--plot", "{w}"], 1,
+                                                ("it is a directory",)),
+    "report_perplexity_as_accuracy": Bad(["report", "{w}/profile.json", "--retrieval", "{w}/ppl.json", "-o",
+                                          f"{OUT}.html"], 1, ("holds perplexity results",)),
 }
 BAD_ROWS = [pytest.param(row, id=name) for name, row in ROWS.items()]
 # Every row runs in-process through `edgekit.cli.main` (what the console script calls: cheap); these also
@@ -370,6 +417,7 @@ def inputs(tmp_path_factory) -> Path:
     w = tmp_path_factory.mktemp("bad-input")
     edgekit.export("llama-tiny", str(w / "dense.onnx"), check_tokens=16)
     edgekit.export("litv2-tiny", str(w / "litv2.onnx"), method="hilo")
+    _eval_models(w)
     from safetensors.torch import save_file
     import torch
 
@@ -395,6 +443,21 @@ def inputs(tmp_path_factory) -> Path:
     (w / "read-only").mkdir(mode=0o555)
     _generation_folders(w)
     return w
+
+
+def _eval_models(w: Path) -> None:
+    """Every-position-logits exports for `edgekit eval`: llama-tiny dense and DHSA, and one with SmolLM2's vocabulary."""
+    import edgekit
+    from test_eval import SMALL_DHSA, export_vocab_model
+
+    from edgekit.passkey import load_tokenizer
+
+    edgekit.export("llama-tiny", str(w / "dense-all.onnx"), check_tokens=16, logits_to_keep=0)
+    edgekit.export("llama-tiny", str(w / "dhsa-all.onnx"), method="dhsa", check_tokens=16, logits_to_keep=0,
+                   **SMALL_DHSA)
+    export_vocab_model(w / "vocab-all.onnx", load_tokenizer(), 0, method="dense")
+    np.savetxt(w / "ids.txt", np.random.default_rng(0).integers(0, 512, 300), fmt="%d")
+    (w / "ppl.json").write_text(json.dumps({"kind": "perplexity", "results": [], "summary": []}))
 
 
 def _generation_folders(w: Path) -> None:

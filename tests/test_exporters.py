@@ -275,9 +275,9 @@ def test_impossible_dhsa_options_fail_before_loading(monkeypatch, tmp_path, opti
 @pytest.mark.parametrize("kwargs, named", [
     (dict(method="flash"), "flash"),
     (dict(method="dense", budget_tokens=64), "budget_tokens"),
-    (dict(logits_to_keep=0), "logits_to_keep"),
+    (dict(logits_to_keep=-1), "logits_to_keep"),
     (dict(check_tokens=2, logits_to_keep=4), "logits_to_keep"),
-], ids=["unknown_method", "dense_with_options", "keep0", "keep_gt_check"])
+], ids=["unknown_method", "dense_with_options", "keep_negative", "keep_gt_check"])
 def test_bad_export_arguments(monkeypatch, tmp_path, kwargs, named):
     monkeypatch.setattr(export_module.sources, "load", lambda spec, **kwargs: pytest.fail("loaded the model"))
     with pytest.raises(EdgekitError, match=named):

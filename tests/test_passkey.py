@@ -93,10 +93,10 @@ def test_prompt_too_short_for_the_fixed_text(tokenizer):
 
 
 def test_cases_are_seeded_and_shared(tokenizer):
-    keys = [c["prompt"].key for c in make_cases(tokenizer, [256, 512], DEPTHS, trials=2, seed=7)]
-    assert keys == [c["prompt"].key for c in make_cases(tokenizer, [256, 512], DEPTHS, trials=2, seed=7)]
+    keys = [c["key"] for c in make_cases(tokenizer, [256, 512], DEPTHS, trials=2, seed=7)]
+    assert keys == [c["key"] for c in make_cases(tokenizer, [256, 512], DEPTHS, trials=2, seed=7)]
     assert len(keys) == 12 and all(len(k) == 5 and k.isdigit() for k in keys)
-    assert keys != [c["prompt"].key for c in make_cases(tokenizer, [256, 512], DEPTHS, trials=2, seed=8)]
+    assert keys != [c["key"] for c in make_cases(tokenizer, [256, 512], DEPTHS, trials=2, seed=8)]
 
 
 # ---------------------------------------------------------------------------------------------------

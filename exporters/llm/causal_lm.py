@@ -89,6 +89,10 @@ def dhsa_attention(module, query, key, value, attention_mask, scaling=None, drop
     return out.transpose(1, 2).contiguous(), None
 
 
+# logits_to_keep -> the leading dims of the logits output (N > 1: the last N tokens, dims batch, N)
+LOGITS_DIMS = {1: ("batch",), 0: ("batch", "sequence")}
+
+
 for _name, _fn in (("edgekit_dense", dense_attention), ("edgekit_dhsa", dhsa_attention)):
     AttentionInterface.register(_name, _fn)
     AttentionMaskInterface.register(_name, _no_mask)
@@ -98,7 +102,8 @@ class PrefillGraph(torch.nn.Module):
     """token ids (B, S) -> logits and the present key/value cache of every layer.
 
     Logits are the last token's, (B, vocab); with `logits_to_keep` N > 1 the last N tokens', (B, N, vocab),
-    which lets a benchmark score a known answer by teacher forcing in one prefill.
+    which lets a benchmark score a known answer by teacher forcing in one prefill; with 0 every token's,
+    (B, S, vocab), for perplexity (transformers reads 0 as "keep all").
     """
 
     def __init__(self, model: PreTrainedModel, logits_to_keep: int = 1):
@@ -183,8 +188,7 @@ class CausalLMFamily(Family):
         config = model.config
         _check_step(step, logits_to_keep)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        logits_dims = ("batch", config.vocab_size) if logits_to_keep == 1 else \
-            ("batch", logits_to_keep, config.vocab_size)
+        logits_dims = LOGITS_DIMS.get(logits_to_keep, ("batch", logits_to_keep)) + (config.vocab_size,)
         kv = ("batch", config.num_key_value_heads, "sequence" if step == "prefill" else "context", head_dim)
         kv_names = [f"{i}.{kv_name}" for i in range(config.num_hidden_layers) for kv_name in ("key", "value")]
         outputs = [TensorSpec("logits", "float32", logits_dims, doc="last-token logits")]
@@ -226,8 +230,8 @@ class CausalLMFamily(Family):
     def check_workload(cls, check_tokens: int = 64, logits_to_keep: int = 1, step: str = "prefill",
                        **_) -> dict[str, int]:
         _check_step(step, logits_to_keep)
-        if not 1 <= logits_to_keep <= check_tokens:
-            raise EdgekitError("need 1 <= logits_to_keep <= check_tokens")
+        if not 0 <= logits_to_keep <= check_tokens:
+            raise EdgekitError("need 0 <= logits_to_keep <= check_tokens (0: every token's logits)")
         if step == "decode":  # 3 new tokens: the causal offset inside the step is checked too
             return {"seq_len": 3, "past_len": check_tokens, "batch_size": 2}
         return {"seq_len": check_tokens, "batch_size": 2}
