@@ -43,11 +43,11 @@ print(json.dumps({"weights": weights, "peak_above_baseline": peak[0] - baseline,
 def test_export_holds_the_weights_about_once(tmp_path, layout):
     """Before streaming the weights, an export peaked at ~4x them (torch + proto + its serialisation, then an
     ONNX Runtime session beside the torch model); now the torch model is gone before ONNX Runtime loads the
-    file, and nothing else holds a whole copy. The bound leaves room for one extra vocabulary table."""
+    file, and nothing else holds a whole copy. Measured: old 3.6x (one file) / 3.1x (external data), new
+    1.6x / 1.1x (ONNX Runtime parses a one-file model whole, then copies one tensor at a time)."""
     proc = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path), layout], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     measured = json.loads(proc.stdout.strip().splitlines()[-1])
     assert measured["size"] > 0.95 * measured["weights"]  # the file holds every weight
-    print(measured)
-    assert measured["peak_above_baseline"] < 1.8 * measured["weights"], measured
+    assert measured["peak_above_baseline"] < 2.0 * measured["weights"], measured
