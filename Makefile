@@ -32,7 +32,7 @@ CI_FAIL_ON  ?= latency:+150%,memory:+100%
 CI_RESULTS  := $(CI_DIR)/llama.json $(CI_DIR)/litv2.json
 
 .PHONY: setup demo test setup-llamacpp test-llamacpp bench bench-eval bench-short bench-llamacpp-sweep bench-gemma3 \
-    bench-hilo bench-policy bench-dhsa bench-decode profile-ci profile-ci-baseline clean
+    bench-hilo bench-policy bench-dhsa bench-decode bench-export-memory profile-ci profile-ci-baseline clean
 
 $(BIN)/edgekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -174,6 +174,16 @@ bench-policy: setup
 	mkdir -p $(BENCH_DIR)
 	$(BIN)/python benchmarks/policy_step.py --preset embclip-dinov2-s --batch-sizes 1,16 --repeat 10 --warmup 2 \
 	    --json $(BENCH_DIR)/policy-step.json | tee $(BENCH_DIR)/policy-step.md
+
+# Export memory: peak RSS of exporting models of 1.07 GB (one file) and 2.5 GB (external data), then a
+# profile that loads the 2.5 GB one from disk (~20 minutes on a quiet 2-core machine; needs ~5 GB free)
+bench-export-memory: setup
+	mkdir -p $(BENCH_DIR)
+	for spec in gemma3-270m:dense gemma3-270m:dhsa qwen2-0.5b:dense; do \
+	    model=$${spec%%:*}; method=$${spec##*:}; \
+	    /usr/bin/time -v $(BIN)/edgekit export $$model --method $$method -o $(BENCH_DIR)/mem-$$model-$$method.onnx \
+	        2>&1 | grep -E "^wrote|Maximum resident|Elapsed"; done
+	$(BIN)/edgekit profile $(BENCH_DIR)/mem-qwen2-0.5b-dense.onnx --seq-lens 128 --repeat 2
 
 $(CI_DIR)/models: $(BIN)/edgekit
 	mkdir -p $@

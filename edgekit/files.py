@@ -13,8 +13,12 @@ import psutil
 
 from edgekit.errors import OutputError
 
-TEMP_MARK = "edgekit"
-EXTERNAL_DATA_BYTES = 1.8e9  # above this a model's weights go to `<name>.data`: protobuf cannot hold 2 GB  # temp names: .NAME.edgekit-<pid>-<random>.tmp, beside the target
+TEMP_MARK = "edgekit"  # temp names: .NAME.edgekit-<pid>-<random>.tmp, beside the target
+EXTERNAL_DATA_BYTES = 1.8e9  # above this a model's weights go to `<name>.data`: protobuf cannot hold 2 GB
+# Offsets of tensors over 1 MB in a data file: ONNX Runtime memory-maps aligned ones instead of copying them
+# (4 KB pages suffice on Linux; 64 KB is Windows' mapping granularity, so one file maps everywhere).
+DATA_ALIGNMENT = 65536
+_COPY_CHUNK = 64 << 20
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -132,6 +136,82 @@ def save_onnx(model, path: str | os.PathLike, external: bool) -> None:
     path = Path(path)
     onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
               location=f"{path.name}.data", size_threshold=1024)
+
+
+def save_weights(model, path: str | os.PathLike):
+    """Stream an onnx-ir model's weights into `<path>.data` and return the model as a proto that references
+    them: the proto stays small, and no weight is ever copied whole into memory (torch's exporter leaves
+    the initializers pointing at the torch tensors; `model_proto` would copy them all).
+
+    Tensors of 1 KB or less stay in the proto: ONNX Runtime cannot read shape operands from a data file.
+    """
+    import onnx_ir as ir
+
+    path = Path(path)
+    ir.external_data.unload_from_model(model, path.parent, f"{path.name}.data", size_threshold_bytes=1024,
+                                       alignment=DATA_ALIGNMENT)
+    return ir.to_proto(model)
+
+
+def write_self_contained(proto, path: str | os.PathLike) -> None:
+    """Write `proto`, whose weights are in external data beside `path`, as one file with them inline.
+
+    The weights are streamed from the data file, so memory stays at one chunk where `onnx.save` of a
+    loaded model holds every weight twice (the proto and its serialisation). The file is the model without
+    those initializers, then a second `graph` field holding only them: protobuf parsers merge the repeated
+    occurrences of a message field, so every reader sees one graph.
+    """
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    path = Path(path)
+    head = type(proto)()
+    head.CopyFrom(proto)
+    external = [t for t in head.graph.initializer if uses_external_data(t)]
+    inline = [t for t in head.graph.initializer if not uses_external_data(t)]
+    del head.graph.initializer[:]
+    head.graph.initializer.extend(inline)
+    tensors = [(_inline_header(t), ExternalDataInfo(t)) for t in external]
+    entries = [header + _field_key(9) + _varint(info.length) for header, info in tensors]
+    sizes = [len(entry) + info.length for entry, (_, info) in zip(entries, tensors)]
+    graph_size = sum(len(_field_key(5)) + len(_varint(size)) + size for size in sizes)
+    with open(path, "wb") as out:
+        out.write(head.SerializeToString() + _field_key(7) + _varint(graph_size))
+        for entry, size, (_, info) in zip(entries, sizes, tensors):
+            out.write(_field_key(5) + _varint(size) + entry)
+            with open(path.parent / info.location, "rb") as data:
+                _copy_range(data, out, info.offset or 0, info.length)
+
+
+def _inline_header(tensor) -> bytes:
+    """A TensorProto's fields but its data (raw_data is appended after it, streamed)."""
+    header = type(tensor)()
+    header.CopyFrom(tensor)
+    del header.external_data[:]
+    header.ClearField("data_location")
+    return header.SerializeToString()
+
+
+def _field_key(number: int) -> bytes:  # a length-delimited field (wire type 2) of that number
+    return _varint(number << 3 | 2)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _copy_range(source, target, offset: int, length: int) -> None:
+    source.seek(offset)
+    while length:
+        chunk = source.read(min(length, _COPY_CHUNK))
+        if not chunk:
+            raise OSError(f"{source.name} ends before the tensor data it should hold")
+        target.write(chunk)
+        length -= len(chunk)
 
 
 def check_writable_folder(path: str | os.PathLike, marker: str) -> Path:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import torch
 
 from edgekit.errors import EdgekitError
@@ -121,9 +122,13 @@ class Family:
         return {s.name: {i: d for i, d in enumerate(s.dims) if isinstance(d, str)} for s in interface.inputs}
 
     @classmethod
-    def to_onnx(cls, graph: torch.nn.Module, interface: Interface,
-                example: Mapping[str, np.ndarray]) -> onnx.ModelProto:
-        """Export with torch's dynamo exporter; symbolic axes and declared dims come from the interface."""
+    def to_onnx_ir(cls, graph: torch.nn.Module, interface: Interface,
+                   example: Mapping[str, np.ndarray]) -> ir.Model:
+        """Export with torch's dynamo exporter; symbolic axes come from the interface.
+
+        The onnx-ir model's initializers still point at the torch tensors (nothing is copied): write it
+        with `files.save_weights`, then `tidy` the proto.
+        """
         args = tuple(torch.from_numpy(example[s.name]) for s in interface.inputs)
         dynamic = cls.dynamic_shapes(interface)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed"
@@ -133,7 +138,18 @@ class Family:
                                         output_names=[s.name for s in interface.outputs],
                                         dynamic_shapes=dynamic, opset_version=ONNX_OPSET, dynamo=True,
                                         verbose=False)
-        return drop_debug_metadata(declare_dims(program.model_proto, interface))
+        return program.model
+
+    @classmethod
+    def to_onnx(cls, graph: torch.nn.Module, interface: Interface,
+                example: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+        """The same export as one in-memory proto, weights included (small models, tests, benchmarks)."""
+        return tidy(ir.to_proto(cls.to_onnx_ir(graph, interface, example)), interface)
+
+
+def tidy(proto: onnx.ModelProto, interface: Interface) -> onnx.ModelProto:
+    """The exported graph as edgekit writes it: declared dims, no torch debug metadata."""
+    return drop_debug_metadata(declare_dims(proto, interface))
 
 
 def declare_dims(proto: onnx.ModelProto, interface: Interface) -> onnx.ModelProto:

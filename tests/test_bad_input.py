@@ -519,13 +519,14 @@ def test_bad_input_console_script(row, inputs, tmp_path):
 # signals and stale temp files
 
 SLOW_SAVE = """
-import sys, time, onnx
+import sys, time
+import edgekit.exporting as exporting
 from edgekit.cli import main
-save = onnx.save
+save = exporting.write_self_contained
 def slow_save(proto, path, *args, **kwargs):  # a save that lasts: the signal arrives while it runs
     save(proto, path, *args, **kwargs)
     time.sleep(120)
-onnx.save = slow_save
+exporting.write_self_contained = slow_save
 sys.argv = ["edgekit", *sys.argv[1:]]
 main()
 """

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir
 import pytest
 import torch
 
@@ -290,7 +291,7 @@ def fast_export(monkeypatch, exported):
     """Real export() with the slow torch.onnx step replaced by the file the module already exported."""
     family, _ = presets()["llama-tiny"]
     _, path = exported("llama-tiny", "dense")
-    monkeypatch.setattr(family, "to_onnx", classmethod(lambda cls, *args, **kwargs: onnx.load(str(path))))
+    monkeypatch.setattr(family, "to_onnx_ir", classmethod(lambda cls, *args, **kwargs: onnx_ir.load(str(path))))
     return export
 
 
@@ -317,7 +318,7 @@ def test_failed_write_leaves_no_partial_or_temp_file(fast_export, monkeypatch, t
         Path(path).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_module.onnx, "save", broken_save)
+    monkeypatch.setattr(export_module, "write_self_contained", broken_save)
     with pytest.raises(OutputError, match="disk full"):
         fast_export("llama-tiny", str(tmp_path / "out" / "m.onnx"), check_tokens=8)
     _assert_nothing_written(tmp_path / "out")

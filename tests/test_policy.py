@@ -114,7 +114,7 @@ def test_profile_times_policy_steps(exported):
 
 
 def test_top_k_above_K_fails_in_one_line_before_export(monkeypatch, tmp_path):
-    monkeypatch.setattr(family_module.Family, "to_onnx", classmethod(lambda *a: pytest.fail("exported")))
+    monkeypatch.setattr(family_module.Family, "to_onnx_ir", classmethod(lambda *a: pytest.fail("exported")))
     with pytest.raises(InvalidAttributeError, match=r"top_k \(40\) must be <= the codebook size K \(37\)") as info:
         export(TINY, str(tmp_path / "p.onnx"), method="codebook", top_k=40)
     assert "\n" not in str(info.value) and not list(tmp_path.iterdir())
