@@ -27,6 +27,7 @@ class Agreement:
     top1: float | None  # share of logits rows (positions, batch rows, samples) with the same argmax
     samples: int
     sizes: dict[str, int]  # the symbolic axes of the check inputs
+    inputs: str = "seeded inputs"  # what they were ("text windows" for a language model with a tokenizer)
 
     def worst(self) -> tuple[str, float]:
         return max(self.max_abs_error.items(), key=lambda item: item[1], default=("", 0.0))
@@ -36,7 +37,7 @@ class Agreement:
         errors = ", ".join(f"{name} {error:.2e}" for name, error in shown.items())
         top1 = f"; top-1 agreement {self.top1:.3f}" if self.top1 is not None else ""
         axes = ", ".join(f"{k} {v}" for k, v in self.sizes.items())
-        return f"max |diff| {errors} (worst output first){top1}; {self.samples} seeded inputs ({axes})"
+        return f"max |diff| {errors} (worst output first){top1}; {self.samples} {self.inputs} ({axes})"
 
 
 def check_sizes(session: Session) -> dict[str, int]:
@@ -57,8 +58,42 @@ def check_feeds(specs: Sequence[TensorSpec], sizes: dict[str, int], seed: int,
             for rng in (np.random.default_rng(seed + i) for i in range(count))]
 
 
+def agreement_feeds(session: Session, sizes: dict[str, int], seed: int,
+                    count: int = CHECK_SAMPLES) -> tuple[list[dict[str, np.ndarray]], str]:
+    """The inputs a transformed model is checked on, and what they are. A language model whose tokenizer
+    is known reads windows of real text (random token ids give flat logits, whose argmax flips on any
+    rounding: top-1 agreement on them says little); anything else gets seeded synthetic inputs."""
+    windows = _text_windows(session, sizes, seed, count)
+    if windows is not None:
+        return windows, "text windows"
+    return check_feeds(session.inputs, sizes, seed, count), "seeded inputs"
+
+
+def _text_windows(session: Session, sizes: dict[str, int], seed: int, count: int) -> list[dict] | None:
+    """`count` consecutive windows of pydoc's topics text (starting `seed` windows in), batch 1."""
+    from edgekit.exporters.sources import PACKAGED
+    from edgekit.exporting import TOKENIZER
+
+    interface = session.interface
+    if interface is None or interface.task != "text-generation" or [s.name for s in session.inputs] != ["input_ids"]:
+        return None
+    spec = session.metadata.get(TOKENIZER) or (interface.model if interface.model in PACKAGED else None)
+    if spec is None:
+        return None
+    from edgekit.passkey import load_tokenizer
+    from edgekit.perplexity import default_text
+
+    length = sizes.get("sequence", 1)
+    ids = load_tokenizer(spec)(default_text(), add_special_tokens=False)["input_ids"]
+    if (seed + count) * length > len(ids) or max(ids) >= (session.inputs[0].high or np.inf):
+        return None  # too short a text, or a tokenizer larger than the model's vocabulary
+    spec_ids = session.inputs[0]
+    return [{"input_ids": spec_ids.validate(np.asarray(ids[(seed + i) * length:(seed + i + 1) * length],
+                                                       dtype=np.int64)[None])} for i in range(count)]
+
+
 def compare(reference: Session, candidate: Session, feeds: list[dict[str, np.ndarray]],
-            sizes: dict[str, int]) -> Agreement:
+            sizes: dict[str, int], inputs: str = "seeded inputs") -> Agreement:
     """Run both sessions on every feed; errors in float64, over the outputs both models have."""
     names = [n for n in reference.output_names if n in candidate.output_names]
     errors = dict.fromkeys(names, 0.0)
@@ -72,4 +107,4 @@ def compare(reference: Session, candidate: Session, feeds: list[dict[str, np.nda
         if TOP1_OUTPUT in want and want[TOP1_OUTPUT].size:
             same += int((want[TOP1_OUTPUT].argmax(-1) == got[TOP1_OUTPUT].argmax(-1)).sum())
             rows += want[TOP1_OUTPUT][..., 0].size
-    return Agreement(errors, same / rows if rows else None, len(feeds), sizes)
+    return Agreement(errors, same / rows if rows else None, len(feeds), sizes, inputs)

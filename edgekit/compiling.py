@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from edgekit.agreement import Agreement, check_feeds, check_sizes, compare
+from edgekit.agreement import Agreement, agreement_feeds, check_feeds, check_sizes, compare
 from edgekit.ep_profiles import Profile, load_profile
 from edgekit.errors import CompileError, ExecutionProviderError, PlacementError, first_line
 from edgekit.files import EXTERNAL_DATA_BYTES, atomic_output_group, check_writable
@@ -80,14 +80,14 @@ def compile_model(model: str | os.PathLike, output: str | os.PathLike, ep: str |
     source = load_model(model, load_external_data=False)  # not an ONNX model: one line
     reference = Session(model)
     sizes = check_sizes(reference)
-    feeds = check_feeds(reference.inputs, sizes, seed)
+    feeds, inputs = agreement_feeds(reference, sizes, seed)
     with atomic_output_group(output) as folder:
         target = folder / Path(output).name
         large = fmt == "onnx" and file_bytes(model, source) > EXTERNAL_DATA_BYTES
         placement = _optimize(_Plan(Path(model), target, profile, providers, fmt, strict_ep, large), feeds[0])
         if strict_ep:
             _check_strict(placement, profile.provider)
-        agreement = compare(reference, Session(target, ep=profile), feeds, sizes)
+        agreement = compare(reference, Session(target, ep=profile), feeds, sizes, inputs)
         size = sum(f.stat().st_size for f in (target, Path(f"{target}.data")) if f.exists())
     return CompileResult(str(output), str(model), profile.name, profile.provider, fmt,
                          profile.session.graph_optimization_level, size / 1e6, placement, agreement,

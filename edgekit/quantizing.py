@@ -24,7 +24,7 @@ import onnx
 from onnx import external_data_helper, numpy_helper
 
 from edgekit import weight_layout
-from edgekit.agreement import Agreement, check_feeds, check_sizes, compare
+from edgekit.agreement import Agreement, agreement_feeds, check_feeds, check_sizes, compare
 from edgekit.errors import ModelLoadError, QuantizationAgreementError, QuantizationError, ShapeError, first_line
 from edgekit.files import EXTERNAL_DATA_BYTES, atomic_output_group, check_writable, save_onnx
 from edgekit.interface import TensorSpec
@@ -99,7 +99,7 @@ def quantize(model: str | os.PathLike, output: str | os.PathLike, precision: str
     source = _Source.load(Path(model))
     reference = Session(model)
     sizes = check_sizes(reference)
-    feeds = check_feeds(reference.inputs, sizes, seed)
+    feeds, inputs = agreement_feeds(reference, sizes, seed)
     calib = _calibration(reference.inputs, sizes, calibration, seed) if precision == "int8-static" else []
     with atomic_output_group(output) as folder, _quiet():
         quantized, restored = _quantized(source, folder / "work", settings, calib)
@@ -107,7 +107,7 @@ def quantize(model: str | os.PathLike, output: str | os.PathLike, precision: str
         target, large = folder / Path(output).name, source.external or weights > EXTERNAL_DATA_BYTES
         notes = describe(source.model, quantized, precision, restored)
         save_onnx(quantized, target, large)
-        agreement = _agreement(reference, target, feeds, sizes, precision, notes)
+        agreement = _agreement(reference, target, feeds, sizes, precision, notes, inputs)
         _enforce(agreement, atol, min_top1)
         size = sum(f.stat().st_size for f in (target, Path(f"{target}.data")) if f.exists())
     return QuantizeResult(str(output), str(model), settings, (source.file_bytes / 1e6, size / 1e6),
@@ -354,7 +354,8 @@ def _keep_edgekit(source: onnx.ModelProto, quantized: onnx.ModelProto, settings:
 
 
 def _agreement(reference: Session, target: Path, feeds: list[dict[str, np.ndarray]], sizes: dict[str, int],
-               precision: str, notes: list[str]) -> Agreement | None:
+               precision: str, notes: list[str],
+               inputs: str = "seeded inputs") -> Agreement | None:
     """Compare on ORT's CPU provider; an fp16 model it cannot run is written unchecked, and says so."""
     try:
         candidate = Session(target)
@@ -363,7 +364,7 @@ def _agreement(reference: Session, target: Path, feeds: list[dict[str, np.ndarra
             raise
         notes.append(f"agreement not checked: ORT's CPU provider cannot run it ({exc})")
         return None
-    return compare(reference, candidate, feeds, sizes)
+    return compare(reference, candidate, feeds, sizes, inputs)
 
 
 def _enforce(agreement: Agreement | None, atol: float | None, min_top1: float | None) -> None:

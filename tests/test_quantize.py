@@ -240,3 +240,28 @@ def test_cli_quantize_and_compile(tiny, tmp_path):
                    "--strict-ep")
     assert_ok(proc)
     assert "CPUExecutionProvider:" in proc.stdout and "fell back from CPUExecutionProvider: none" in proc.stdout
+
+
+def test_language_models_with_a_tokenizer_are_checked_on_real_text(tmp_path):
+    """Random token ids give flat logits whose argmax flips on any rounding; a model that records its
+    tokenizer is checked on windows of real text instead (the export of a small model with SmolLM2's
+    vocabulary, marked as using SmolLM2's tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgekit.agreement import agreement_feeds, check_sizes
+    from edgekit.exporting import TOKENIZER
+
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
+    ek.export(str(tmp_path / "hf"), tmp_path / "m.onnx", method="dense", check_tokens=16)
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, TOKENIZER: "smollm2-135m"})
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    session = Session(tmp_path / "m.onnx")
+    feeds, inputs = agreement_feeds(session, check_sizes(session), seed=0, count=4)
+    assert inputs == "text windows" and len(feeds) == 4
+    windows = [f["input_ids"] for f in feeds]
+    assert all(w.shape == (1, 128) for w in windows) and not np.array_equal(windows[0], windows[1])
+    result = ek.quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", "int8-block")
+    assert "text windows" in result.agreement.describe()
