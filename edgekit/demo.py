@@ -31,6 +31,8 @@ SHOWCASES = (
              {"image_sizes": [224, 448]}),
     Showcase("Codebook: ObjectNav policy step with the real DINOv2 ViT-S/14 encoder", "embclip-dinov2-s", "dense",
              "codebook", {}, {"batch_sizes": [1, 8]}),
+    Showcase("FlowCut: LLaVA-style VLM prefill, real DINOv2 tower at 336 px, 64 of 576 visual tokens kept "
+             "(random LLM)", "llava-dinov2-s-demo", "dense", "flowcut", {"keep": 64}, {"seq_lens": [64]}),
 )
 
 

