@@ -259,6 +259,7 @@ def test_a_hugging_face_folders_tokenizer_is_written(with_tokenizer, hf_tokenize
     assert fields["tokenizer.ggml.eos_token_id"] == hf_tokenizer.eos_token_id
 
 
+@pytest.mark.llamacpp
 @pytest.mark.parametrize("source", ["gguf", "folder"])
 def test_llama_cpp_tokenizes_text_as_the_source_does(source, with_tokenizer, hf_tokenizer):
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -278,6 +279,7 @@ def _all_logits(path: str, ids: np.ndarray) -> np.ndarray:
     return np.array(llm.scores[:len(ids)])
 
 
+@pytest.mark.llamacpp
 @pytest.mark.parametrize("gguf_type", ["f32", "f16", "q8_0"])
 @pytest.mark.parametrize("preset", LLM_PRESETS)
 def test_llama_cpp_logits_match_pytorch(preset, gguf_type, written):
@@ -292,6 +294,7 @@ def test_llama_cpp_logits_match_pytorch(preset, gguf_type, written):
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= MIN_TOP1[gguf_type]
 
 
+@pytest.mark.llamacpp
 def test_gemma3_local_rope_base_and_query_scale_reach_llama_cpp(tmp_path):
     """A local base far from llama.cpp's default and a query scale that is not 1/sqrt(head_dim)."""
     pytest.importorskip("llama_cpp")
@@ -310,6 +313,7 @@ def test_phi3_window_becomes_the_context_length(tmp_path):
     assert _fields(write_gguf(family, model, tmp_path / "p.gguf"))["phi3.context_length"] == 40
 
 
+@pytest.mark.llamacpp
 def test_phi3_partial_rotary_reaches_llama_cpp(tmp_path):
     pytest.importorskip("llama_cpp")
     family, model = _variant("phi3-tiny", rope_parameters={"rope_type": "default", "rope_theta": 1e4,
