@@ -71,13 +71,12 @@ def agreement_feeds(session: Session, sizes: dict[str, int], seed: int,
 
 def _text_windows(session: Session, sizes: dict[str, int], seed: int, count: int) -> list[dict] | None:
     """`count` consecutive windows of pydoc's topics text (starting `seed` windows in), batch 1."""
-    from edgekit.exporters.sources import PACKAGED
-    from edgekit.exporting import TOKENIZER
+    from edgekit.eval_models import recorded_tokenizer
 
     interface = session.interface
     if interface is None or interface.task != "text-generation" or [s.name for s in session.inputs] != ["input_ids"]:
         return None
-    spec = session.metadata.get(TOKENIZER) or (interface.model if interface.model in PACKAGED else None)
+    spec = recorded_tokenizer(session.metadata, interface)
     if spec is None:
         return None
     from edgekit.passkey import load_tokenizer

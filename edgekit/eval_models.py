@@ -139,17 +139,22 @@ def check_lengths(models: Sequence[EvalModel], lengths: Sequence[int]) -> None:
             raise EdgekitError(f"length {max(lengths)} is beyond the context of {m.path} ({m.context} tokens)")
 
 
+def recorded_tokenizer(metadata: dict[str, str], interface) -> str | None:
+    """The tokenizer an exported model records (`edgekit.tokenizer`), else its packaged model's name."""
+    from edgekit.exporters.sources import PACKAGED
+    from edgekit.exporting import TOKENIZER
+
+    model = interface.model if interface else None
+    return metadata.get(TOKENIZER) or (model if model in PACKAGED else None)
+
+
 def tokenizer_spec(models: Sequence[EvalModel], override: str | None) -> str:
     """The tokenizer every model shares: --tokenizer, else the one recorded at export (or a packaged name)."""
     if override:
         return override
-    from edgekit.exporters.sources import PACKAGED
-    from edgekit.exporting import TOKENIZER
-
-    specs = {m.metadata.get(TOKENIZER) or (m.interface.model if m.interface.model in PACKAGED else None)
-             for m in models}
+    specs = {recorded_tokenizer(m.metadata, m.interface) for m in models}
     if None in specs:
-        bare = next(m for m in models if not (m.metadata.get(TOKENIZER) or m.interface.model in PACKAGED))
+        bare = next(m for m in models if recorded_tokenizer(m.metadata, m.interface) is None)
         raise EdgekitError(f"{bare.path} ({bare.interface.model or 'unknown model'}) records no tokenizer (a "
                            f"random-weight preset has none): give --tokenizer SPEC, or token ids")
     if len(specs) > 1:

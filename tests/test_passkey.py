@@ -18,17 +18,10 @@ from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.errors import EdgekitError, ModelLoadError
-from edgekit.passkey import LOGITS_TO_KEEP, NEEDLE, build_prompt, load_tokenizer, make_cases, passkey, score
+from edgekit.passkey import LOGITS_TO_KEEP, NEEDLE, build_prompt, make_cases, passkey, score
 
 DEPTHS = (0.1, 0.5, 0.9)
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    try:
-        return load_tokenizer()
-    except ModelLoadError as exc:
-        pytest.skip(str(exc))
 
 
 # ---------------------------------------------------------------------------------------------------
