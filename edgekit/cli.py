@@ -115,6 +115,8 @@ def export(
                                      "`edgekit generate`"),
     context: Optional[int] = typer.Option(None, help="--with-decode: tokens (prompt + generated) the decode "
                                                      "cache holds by default [the model's positions, at most 8192]"),
+    beyond_positions: bool = typer.Option(False, "--beyond-positions", help="--with-decode: allow a --context past "
+                                          "the positions the model was trained for (extrapolated rotary positions)"),
 ):
     """Export a model (any kind) with the chosen method, checked against PyTorch on every output."""
     from edgekit.exporting import export as run_export
@@ -138,9 +140,10 @@ def export(
     if gguf_type is not None:
         raise EdgekitError("--gguf-type applies to --format gguf only")
     if with_decode:
-        return _export_folder(model, output, method, weights, atol, options, context)
-    if context is not None:
-        raise EdgekitError("--context sizes the decode cache of a model folder: it needs --with-decode")
+        return _export_folder(model, output, method, weights, atol, options, context, beyond_positions)
+    if context is not None or beyond_positions:
+        raise EdgekitError("--context (and --beyond-positions) sizes the decode cache of a model folder: it "
+                           "needs --with-decode")
     check_writable(output)
     with err.status(f"exporting {model} ({method or 'baseline'})"):
         result = run_export(model, output, method=method, weights=str(weights) if weights else None,
@@ -166,12 +169,13 @@ def _export_gguf(model: str, output: str, gguf_type: str | None, weights, not_ap
                f"{result.gguf_type}, {result.tensors} tensors, {result.vocabulary}")
 
 
-def _export_folder(model: str, output: str, method, weights, atol, options: dict, context: int | None) -> None:
+def _export_folder(model: str, output: str, method, weights, atol, options: dict, context: int | None,
+                   beyond_positions: bool = False) -> None:
     from edgekit.model_folder import MANIFEST, export_folder
 
     with err.status(f"exporting {model} ({method or 'baseline'}) with a decode step"):
         result = export_folder(model, output, method, weights=str(weights) if weights else None, tolerance=atol,
-                               context=context, **options)
+                               context=context, beyond_positions=beyond_positions, **options)
     m = result["manifest"]
     typer.echo(f"wrote {result['path']}/: prefill.onnx ({m.method}), decode.onnx (dense, cache of {m.context} "
                f"tokens updated in place), {MANIFEST}"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from edgekit.agreement import Agreement, agreement_feeds, check_feeds, check_sizes, compare
+from edgekit.agreement import Agreement, agreement_feeds, check_sizes, compare
 from edgekit.ep_profiles import Profile, load_profile
 from edgekit.errors import CompileError, ExecutionProviderError, PlacementError, first_line
 from edgekit.files import EXTERNAL_DATA_BYTES, atomic_output_group, check_writable

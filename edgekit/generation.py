@@ -89,7 +89,9 @@ class Generator:
 
         self.folder = Path(model_dir)
         self.manifest = read_manifest(self.folder)
-        self.context = check_context(context or self.manifest.context, self.manifest.max_context)
+        self.context = check_context(context or self.manifest.context, self.manifest.max_context,
+                                     f"this folder's limit of {self.manifest.max_context} tokens (the model's "
+                                     f"positions, or the context it was exported with past them)")
         self.prefill = Session(self.folder / PREFILL, ep=ep, threads=threads)
         self.decode = Session(self.folder / DECODE, ep=ep, threads=threads)
         self.tokenizer = _load_tokenizer(self.folder / TOKENIZER) if self.manifest.files.get("tokenizer") else None
@@ -208,12 +210,15 @@ class Generator:
         return self.last
 
 
-def check_context(context: int, max_context: int) -> int:
-    """The cache's context: at least 2 tokens, and within the positions the model was trained for."""
+def check_context(context: int, max_context: int, limit: str | None = None) -> int:
+    """The cache's context: at least 2 tokens, and within `max_context` (0: no limit known), which `limit`
+    names in the error (default: the positions the model was trained for)."""
     if context < 2:
         raise EdgekitError(f"the context must be >= 2 tokens, got {context}")
     if max_context and context > max_context:
-        raise EdgekitError(f"a context of {context} tokens exceeds the model's {max_context} positions")
+        limit = limit or (f"the model's {max_context} positions (export --with-decode --beyond-positions "
+                          f"allows more)")
+        raise EdgekitError(f"a context of {context} tokens exceeds {limit}")
     return int(context)
 
 

@@ -39,7 +39,7 @@ class Manifest:
     tokenizer_source: str | None  # the GGUF file or Hugging Face folder the tokenizer was read from
     eos_token_ids: tuple[int, ...]
     chat_template: bool
-    max_context: int  # positions the model was trained for (0: unknown)
+    max_context: int  # largest context allowed: the trained positions (0: unknown), or --beyond-positions' context
     context: int  # tokens (prompt + generated) the cache holds by default
     cache: dict = dataclasses.field(default_factory=lambda: dict(CACHE))
     check: dict = dataclasses.field(default_factory=dict)
@@ -85,22 +85,27 @@ def _check_format(folder: Path, found, hint: str) -> None:
 
 
 def export_folder(model: str, output: str, method: str | None = None, *, weights: str | None = None,
-                  tolerance: float | None = None, seed: int = 0, context: int | None = None, **options) -> dict:
+                  tolerance: float | None = None, seed: int = 0, context: int | None = None,
+                  beyond_positions: bool = False, **options) -> dict:
     """Export the prefill (with `method`) and the dense decode step into one folder, atomically.
 
     `context`: the cache length a Generator allocates by default (prompt + generated tokens; default the
-    model's positions, at most 8192). Returns {"path", "prefill": ExportResult, "decode": ExportResult,
-    "manifest": Manifest}.
+    model's positions, at most 8192). `beyond_positions`: allow a context past the positions the model was
+    trained for (its rotary positions are extrapolated there, as llama.cpp does with a larger n_ctx; the
+    long-context benchmarks run SmolLM2, trained to 8192, at 16K).
+    Returns {"path", "prefill": ExportResult, "decode": ExportResult, "manifest": Manifest}.
     """
     from edgekit.exporters import sources
     from edgekit.exporting import export
 
     if options.get("logits_to_keep", 1) != 1 or "step" in options:
         raise EdgekitError("--with-decode writes last-token logits for generation: drop --logits-to-keep")
+    if beyond_positions and context is None:
+        raise EdgekitError("--beyond-positions allows a --context past the model's positions: give --context N")
     check_writable_folder(output, MANIFEST)
     loaded = sources.load(model, weights=weights)
     family, torch_model, name = loaded
-    context = folder_context(torch_model, context)
+    context = folder_context(torch_model, context, beyond_positions)
     family.interface(torch_model, step="decode")  # a model the decode step cannot take fails before any export
     graph_options = family.split_options(method, options)[1]
     with atomic_folder(output, MANIFEST) as tmp:
@@ -109,6 +114,8 @@ def export_folder(model: str, output: str, method: str | None = None, *, weights
                         step="decode", **graph_options)
         tokenizer = save_tokenizer(None if weights else sources.tokenizer_source(model), tmp / TOKENIZER)
         manifest = make_manifest(torch_model, name, prefill, tokenizer, model if weights is None else None, context)
+        if beyond_positions and manifest.max_context and context > manifest.max_context:  # the folder's new limit
+            manifest = dataclasses.replace(manifest, max_context=context)
         manifest.write(tmp)
         check = check_greedy(family, torch_model, prefill.method, prefill.options, tmp, seed)
         manifest = dataclasses.replace(manifest, check=check)
@@ -130,14 +137,15 @@ def save_tokenizer(source: Path | None, target: Path):
     return tokenizer
 
 
-def folder_context(torch_model, context: int | None) -> int:
-    """The default cache length: as asked (within the model's positions), else theirs up to DEFAULT_CONTEXT."""
+def folder_context(torch_model, context: int | None, beyond_positions: bool = False) -> int:
+    """The default cache length: as asked (within the model's positions unless `beyond_positions`), else
+    theirs up to DEFAULT_CONTEXT."""
     from edgekit.generation import check_context
 
     positions = max_positions(torch_model)
     if context is None:
         return min(positions or DEFAULT_CONTEXT, DEFAULT_CONTEXT)
-    return check_context(context, positions)
+    return check_context(context, 0 if beyond_positions else positions)
 
 
 def max_positions(torch_model) -> int:

@@ -140,7 +140,7 @@ def _quantized(source: _Source, work: Path, settings: QuantizeSettings,
                calibration: list[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, bool]:
     """Run the precision's tool in a scratch folder (ORT's tools write files beside their input)."""
     work.mkdir()
-    laid_out = _laid_out(source, work, share_tied=settings.precision == "int8")
+    laid_out = _laid_out(source, work, share_tied=settings.precision in ("int8", "int8-block", "int4"))
     prepared = _pre_process(laid_out, work, source.external) if settings.precision.startswith("int8") else laid_out
     job = _Job(prepared, work / "quantized.onnx", settings, source.external, calibration,
                sorted({n.op_type for n in _function_ops(source.model)}))
@@ -220,7 +220,8 @@ class _Reader:
 
 def _laid_out(source: _Source, work: Path, share_tied: bool) -> Path:
     """The float model with every MatMul weight an initializer (and a tied embedding stored once, for
-    int8), so the quantizer sees them all; the source itself when nothing changes (see weight_layout)."""
+    int8, int8-block and int4), so the quantizer sees them all; the source itself when nothing changes (see
+    weight_layout)."""
     model = onnx.ModelProto()
     model.CopyFrom(source.model)
     changed = weight_layout.fold_transposed_weights(model)
@@ -280,8 +281,9 @@ def _int4(job: _Job) -> None:
 
 
 def _weight_only(job: _Job, bits: int) -> None:
-    """MatMul weights in `bits` (MatMulNBits); embedding tables int8 (ORT's GatherBlockQuantized would store
-    them as 4-bit tensors, which the ORT format cannot hold), so the model still compiles to .ort."""
+    """MatMul weights in `bits` (MatMulNBits). A tied embedding reads the head's packed uint8 blocks
+    (GatherBlockQuantized, `weight_layout.lookup_quantized_head`); other embedding tables go int8 (ORT's
+    own GatherBlockQuantized quantizer writes 4-bit tensor types, which the ORT format cannot hold)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -289,6 +291,7 @@ def _weight_only(job: _Job, bits: int) -> None:
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=job.settings.block_size, is_symmetric=True,
                                      accuracy_level=job.settings.accuracy_level, op_types_to_quantize=("MatMul",))
     quantizer.process()
+    weight_layout.lookup_quantized_head(quantizer.model.model)
     matmuls = job.output.with_name(f"int{bits}-matmuls.onnx")
     quantizer.model.save_model_to_file(str(matmuls), use_external_data_format=job.external)
     quantize_dynamic(str(matmuls), str(job.output), op_types_to_quantize=["Gather"], weight_type=QuantType.QInt8,
@@ -307,9 +310,10 @@ def _fp16(job: _Job) -> None:
 PRECISIONS: dict[str, tuple[Callable[[_Job], None], str]] = {
     "int8": (_int8_dynamic, "int8 dynamic: MatMul/Gemm weights and embedding tables int8, activations quantized at run time"),
     "int8-static": (_int8_static, "int8 static (QDQ): weights int8, activations uint8 with calibrated ranges"),
-    "int8-block": (_int8_block, "int8 weight-only (MatMulNBits 8 bits, blockwise, symmetric: Q8_0-like); "
-                   "embedding tables int8"),
-    "int4": (_int4, "int4 weight-only (MatMulNBits, blockwise, symmetric); embedding tables int8"),
+    "int8-block": (_int8_block, "int8 weight-only (MatMulNBits 8 bits, blockwise, symmetric: Q8_0-like); a tied "
+                   "embedding reads the head's blocks (GatherBlockQuantized), other embedding tables int8"),
+    "int4": (_int4, "int4 weight-only (MatMulNBits, blockwise, symmetric); a tied embedding reads the head's "
+             "blocks (GatherBlockQuantized), other embedding tables int8"),
     "fp16": (_fp16, "float16 weights and activations, float32 inputs/outputs (for GPU providers)"),
 }
 

@@ -106,7 +106,7 @@ class GenerationRunner(OnnxRunner, GenerationFigures):
 
 
 class LlamaCppGeneration(LlamaCppPrefill, GenerationFigures):
-    """llama.cpp's prefill then `decode_tokens` greedy single-token decodes (untested here: no llama_cpp)."""
+    """llama.cpp's prefill then `decode_tokens` greedy single-token decodes."""
 
     def __init__(self, path: str, threads: int | None = None, context: int = 0, decode_tokens: int = 128):
         super().__init__(path, threads=threads, context=context + decode_tokens)

@@ -10,6 +10,12 @@ exact rewrites fix that:
   `Transpose(Gather(W.T, ids, axis=1))`, so a tied weight is stored, and quantized, once.
 
 Both change the graph, never its function: the float model's outputs are bit-identical.
+
+After MatMulNBits has quantized the head, `lookup_quantized_head` makes the lookup read the head's
+packed blocks too (`GatherBlockQuantized` on the same initializer), so the table is stored once, quantized
+once, and every row the lookup returns is exactly the row the head multiplies by. (ONNX Runtime's
+GatherBlockQuantized returns zero rows for ids out of range where Gather fails; edgekit's Session and
+Generator check ids against the vocabulary before running.)
 """
 
 from __future__ import annotations
@@ -67,6 +73,82 @@ def share_tied_embedding(model: onnx.ModelProto) -> int:
         shared += 1
     _drop_unread(graph)
     return shared
+
+
+def lookup_quantized_head(model: onnx.ModelProto) -> int:
+    """Turn each `Transpose(Gather(W.T, ids, axis=1))` whose `W.T` a symmetric MatMulNBits also holds into
+    `GatherBlockQuantized` over that MatMulNBits' blocks and scales; returns how many."""
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    readers = _readers(graph)
+    heads = [n for n in graph.node if n.domain == "com.microsoft" and n.op_type == "MatMulNBits"
+             and (len(n.input) < 4 or not n.input[3]) and n.input[1] in weights and n.input[2] in weights]
+    shared = 0
+    for node in list(graph.node):
+        if node.op_type != "Gather" or _axis(node) != 1 or node.input[0] not in weights:
+            continue
+        table = weights[node.input[0]]
+        after = readers.get(node.output[0], [])
+        rows = after[0] if len(after) == 1 and after[0].op_type == "Transpose" else None
+        perm = next((list(a.ints) for a in rows.attribute if a.name == "perm"), []) if rows else []
+        if len(table.dims) != 2 or not perm or perm != [*range(1, len(perm)), 0]:
+            continue
+        same_shape = [h for h in heads if (_attrs(h)["N"], _attrs(h)["K"]) == (table.dims[1], table.dims[0])]
+        rows_of_table = numpy_helper.to_array(table).T if same_shape else None  # (N, K), converted once
+        head = next((h for h in same_shape if _holds(h, weights, rows_of_table)), None)
+        if head is None:
+            continue
+        attrs = _attrs(head)
+        n, k, block = attrs["N"], attrs["K"], attrs["block_size"]
+        blocks = -(-k // block)
+        name = rows.output[0]
+        scales = helper.make_tensor(f"{name}/scales_shape", onnx.TensorProto.INT64, [3], [n, blocks, 1])
+        width = helper.make_tensor(f"{name}/row_shape", onnx.TensorProto.INT64, [len(perm)],
+                                   [0] * (len(perm) - 1) + [blocks * block])  # (*ids, blocks, block) -> (*ids, K')
+        graph.initializer.extend([scales, width])
+        new = [helper.make_node("Reshape", [head.input[2], scales.name], [f"{name}/scales"], name=f"{name}/scales"),
+               helper.make_node("GatherBlockQuantized", [head.input[1], node.input[1], f"{name}/scales"],
+                                [f"{name}/blocks"], name=f"{name}/lookup", domain="com.microsoft",
+                                bits=attrs["bits"], block_size=block, gather_axis=0, quantize_axis=2),
+               helper.make_node("Reshape", [f"{name}/blocks", width.name],
+                                [name if blocks * block == k else f"{name}/padded"], name=f"{name}/rows")]
+        if blocks * block != k:  # MatMulNBits pads K to whole blocks: drop the padding
+            ends = helper.make_tensor(f"{name}/k", onnx.TensorProto.INT64, [1], [k])
+            starts = helper.make_tensor(f"{name}/start", onnx.TensorProto.INT64, [1], [0])
+            axes = helper.make_tensor(f"{name}/axis", onnx.TensorProto.INT64, [1], [-1])
+            graph.initializer.extend([ends, starts, axes])
+            new.append(helper.make_node("Slice", [f"{name}/padded", starts.name, ends.name, axes.name], [name],
+                                        name=f"{name}/unpad"))
+        index = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.remove(rows)
+        for offset, added in enumerate(new):
+            graph.node.insert(index + offset, added)
+        shared += 1
+    if shared and "com.microsoft" not in {o.domain for o in model.opset_import}:
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _drop_unread(graph)
+    return shared
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _holds(head: onnx.NodeProto, weights: dict[str, onnx.TensorProto], table: np.ndarray) -> bool:
+    """Whether MatMulNBits `head` (no zero points: 2^(bits-1)) dequantizes to `table` (N, K) within one step."""
+    attrs = _attrs(head)
+    n, k, bits, block = attrs["N"], attrs["K"], attrs["bits"], attrs["block_size"]
+    if table.shape != (n, k) or bits not in (4, 8):
+        return False
+    packed = numpy_helper.to_array(weights[head.input[1]]).reshape(n, -1)
+    if bits == 4:
+        packed = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)
+    scales = numpy_helper.to_array(weights[head.input[2]]).reshape(n, -1, 1).astype(np.float32)
+    values = (packed.astype(np.float32) - 2 ** (bits - 1)).reshape(n, scales.shape[1], block) * scales
+    error = np.abs(values.reshape(n, -1)[:, :k] - table)
+    step = np.abs(scales).reshape(n, -1).repeat(block, axis=1)[:, :k]
+    return bool(np.all(error <= step * 1.001 + 1e-6))  # rounding, and the clip of a block's largest weight
 
 
 def _transposed_twin(table: onnx.TensorProto, candidates: list[onnx.TensorProto]) -> onnx.TensorProto | None:

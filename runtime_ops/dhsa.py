@@ -402,27 +402,34 @@ def DHSAAttention(
             q_hi = q_lo + count * own
             q_step = op.Reshape(op.Slice(query, q_lo, q_hi, two),
                                 op.Concat(batch, kv_heads, group, count, own, dim, axis=0))  # (B, Hkv, G, T, L, D)
-            can_see = op.Unsqueeze(starts, two) <= op.Slice(last_query, lo, hi, zero)  # (B, Hkv, T, C)
+            # only chunks that start before the step's end can matter (chunk j starts at or after j * chunk):
+            # score those, not all C, so scoring grows with the keys a block sees, not with S per block
+            k_pre = k - own
+            span = op.Max((hi - one) * L, k_pre)
+            reach = op.Max(span, op.Min(hi * L, seq))
+            c_hi = op.Min(op.Div(reach - one, chunk) + one, n_chunks)  # chunks [0, c_hi) can be gathered or seen
+            can_see = op.Unsqueeze(op.Slice(starts, zero, c_hi, last_axis), two) <= op.Slice(last_query, lo, hi, zero)
             if use_bound:
                 # "bound": max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low, one matmul
                 # over all the step's queries of a KV head: (G * T * L, 2D) @ (2D, C)
                 split = op.Concat(op.Relu(q_step), op.Min(q_step, op.CastLike(0.0, query)), axis=-1)
                 split = op.Reshape(split, op.Concat(batch, kv_heads, last_axis, dim + dim, axis=0))
-                bound = op.Reshape(op.MatMul(split, bounds_t), op.Concat(batch, kv_heads, group, count, own,
-                                                                         last_axis, axis=0))  # (B, Hkv, G, T, L, C)
-                bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C)
+                bound = op.Reshape(op.MatMul(split, op.Slice(bounds_t, zero, c_hi, last_axis)),
+                                   op.Concat(batch, kv_heads, group, count, own, last_axis, axis=0))  # (.., C')
+                bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C')
             else:
                 bound = op.CastLike(can_see, query)  # unused
             if use_mean:
                 # "mean": the block's mean query . chunk representation
-                mean = op.MatMul(op.Slice(block_rep, lo, hi, two), chunk_rep_t)  # (B, Hkv, T, C)
+                mean = op.MatMul(op.Slice(block_rep, lo, hi, two),
+                                 op.Slice(chunk_rep_t, zero, c_hi, last_axis))  # (B, Hkv, T, C')
             else:
                 mean = bound
             if op.And(use_mean, use_bound):
                 # "both": interleave the two rankings of the chunks the block can see, the mean's first
-                _, by_bound = op.TopK(op.Where(can_see, bound, -big), n_chunks, axis=-1, largest=1, sorted=1)
-                _, by_mean = op.TopK(op.Where(can_see, mean, -big), n_chunks, axis=-1, largest=1, sorted=1)
-                ranks = op.Expand(rank_values, op.Shape(by_bound))
+                _, by_bound = op.TopK(op.Where(can_see, bound, -big), c_hi, axis=-1, largest=1, sorted=1)
+                _, by_mean = op.TopK(op.Where(can_see, mean, -big), c_hi, axis=-1, largest=1, sorted=1)
+                ranks = op.Expand(op.Slice(rank_values, zero, c_hi, last_axis), op.Shape(by_bound))
                 bound_rank = op.ScatterElements(by_bound, by_bound, ranks, axis=-1)
                 mean_rank = op.ScatterElements(by_mean, by_mean, ranks, axis=-1)
                 chunk_scores = op.Neg(op.CastLike(op.Min(bound_rank, mean_rank) * two
@@ -431,8 +438,6 @@ def DHSAAttention(
                 chunk_scores = op.Identity(mean)
             # every key before the step's last block takes its chunk's score (a gather, exactly what the 0/1
             # membership matmul gave); later keys are no candidates (a window keeps K - L of them: masked)
-            k_pre = k - own
-            span = op.Max((hi - one) * L, k_pre)
             step_chunk = op.Expand(op.Slice(key_chunk, zero, span, three), op.Concat(batch, kv_heads, count, span,
                                                                                    axis=0))
             scores = op.GatherElements(chunk_scores, step_chunk, axis=-1)  # (B, Hkv, T, span)

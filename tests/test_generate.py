@@ -135,8 +135,28 @@ def test_generating_past_the_context_is_a_one_line_error(folders):
         g.cache.step(full.token_ids[-1])
     with pytest.raises(ShapeError, match="the prompt has 12 tokens; the context is 12"):
         g.generate(prompt_ids(512, 12), 1)
-    with pytest.raises(EdgekitError, match="exceeds the model's 32768 positions"):
+    with pytest.raises(EdgekitError, match="exceeds this folder's limit of 32768 tokens"):
         Generator(folders("llama-tiny"), context=40000)
+
+
+def test_a_context_beyond_the_positions_is_opt_in(tmp_path):
+    """--beyond-positions: the folder records the longer context as its limit and allocates a cache that long
+    (long-prompt benchmarks run SmolLM2, trained to 8192, at 16K); without --context it is an error."""
+    with pytest.raises(EdgekitError, match="exceeds the model's 32768 positions .*--beyond-positions"):
+        export_folder("llama-tiny", str(tmp_path / "refused"), "dense", check_tokens=16, context=32800)
+    assert not (tmp_path / "refused").exists()
+    path = tmp_path / "long"
+    manifest = export_folder("llama-tiny", str(path), "dense", check_tokens=16, context=32800,
+                             beyond_positions=True)["manifest"]
+    assert (manifest.context, manifest.max_context) == (32800, 32800)
+    g = Generator(path)
+    assert g.context == 32800
+    out = g.generate(prompt_ids(512, 8), 3, ignore_eos=True)
+    assert len(out.token_ids) == 3 and g.cache.length == 10
+    with pytest.raises(EdgekitError, match="exceeds this folder's limit of 32800 tokens"):
+        Generator(path, context=32801)
+    with pytest.raises(EdgekitError, match="--beyond-positions allows a --context .*give --context N"):
+        export_folder("llama-tiny", str(tmp_path / "no-context"), "dense", beyond_positions=True)
 
 
 def test_two_streams_on_one_generator_do_not_share_a_cache_silently(folders):

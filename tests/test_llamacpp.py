@@ -154,6 +154,19 @@ def test_profile_runs_gguf_beside_onnx(tiny_gguf, tmp_path):
 
 
 @pytest.mark.llamacpp
+def test_profile_decodes_with_llama_cpp(tiny_gguf):
+    """--decode-tokens on a GGUF: llama.cpp's prefill then greedy steps, reported llama-bench style."""
+    pytest.importorskip("llama_cpp")
+    from edgekit.profiling import profile
+
+    (row,) = profile([tiny_gguf], [48], repeat=1, warmup=0, decode_tokens=6)["results"]
+    assert row["status"] == "ok", row.get("error")
+    # TTFT is one 48-token prefill plus a step; tg comes from the 5 later steps' own clock
+    assert 0 < row["ttft_ms"] <= row["latency_ms"]["median"]
+    assert row["pp_tokens_per_s"] > 0 and row["tg_tokens_per_s"] > 0
+
+
+@pytest.mark.llamacpp
 def test_runner_applies_every_sweep_setting_and_records_the_build(tiny_gguf):
     from edgekit.llamacpp import LlamaCppSettings
 
