@@ -63,16 +63,16 @@ def export(model: str, output: str, method: str | None = None, *, weights: str |
     if loaded is None and model in sources.presets():  # bad options fail before the model is built
         family = sources.presets()[model][0]
         family.check_workload(**family.split_options(method, options)[1])
-    with atomic_output_group(output) as folder:  # the check runs the file as written, then it is published
+    with atomic_output_group(output) as folder:  # checked, then published
         written = folder / Path(output).name
         traced = trace(loaded or sources.load(model, weights=weights), method, seed, options, written,
                        release=loaded is None)
         limit = traced.family.tolerance if tolerance is None else tolerance
         tokenizer = sources.tokenizer_spec(model, weights)
-        proto, whole = write_model(traced.proto, traced.interface, written, {TOKENIZER: tokenizer} if tokenizer else {})
+        proto = write_model(traced.proto, traced.interface, written, {TOKENIZER: tokenizer} if tokenizer else {})
         worst, error = run_checks(proto, written, traced, limit)
-        if whole:  # its data file was scratch, kept for the path checks
-            data_file(written).unlink()
+        if data_file(written).stat().st_size <= EXTERNAL_DATA_BYTES:  # small enough for one file
+            make_whole(proto, written)
         size = sum(f.stat().st_size for f in folder.glob(f"{written.name}*"))
     return ExportResult(str(output), traced.name, traced.family.task, traced.method, traced.op_options,
                         traced.workload, error, worst, limit, size / 1e6)
@@ -143,24 +143,27 @@ def path_checks(family, torch_model, method: str, op_options: dict, graph_option
     return [Check(example, pytorch_outputs(graph, interface, example), chosen.op, dict(chosen.path_check_options))]
 
 
-def write_model(proto: onnx.ModelProto, interface: Interface, path: Path,
-                metadata: dict[str, str]) -> tuple[onnx.ModelProto, bool]:
-    """Write the exported model at `path`, as one file or, past protobuf's limit, with `<name>.data`.
+def write_model(proto: onnx.ModelProto, interface: Interface, path: Path, metadata: dict[str, str]) -> onnx.ModelProto:
+    """Write the exported model at `path` beside its weights, `<name>.data` (written by `trace`); returns
+    the model proto, with its edgekit function bodies and metadata.
 
-    `proto`'s weights are in `<name>.data` already; a small model is written whole from it (the data file
-    stays until the export is done: the path checks share it). Returns the model proto, with its edgekit
-    function bodies and metadata, and whether the file was written whole.
+    The checks run this pair: ONNX Runtime maps the data file, where a one-file model is parsed whole
+    and then copied tensor by tensor (about 2x the weights at once). A small model is made whole after.
     """
     gc.collect()  # the torch model is unreferenced now: free its weights before ONNX Runtime loads them
     proto = attach_functions(proto)
     onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
                                         **interface.to_metadata(), **metadata})
-    whole = data_file(path).stat().st_size <= EXTERNAL_DATA_BYTES
-    if whole:
-        write_self_contained(proto, path)
-    else:
-        onnx.save(proto, str(path))
-    return proto, whole
+    onnx.save(proto, str(path))
+    return proto
+
+
+def make_whole(proto: onnx.ModelProto, path: Path) -> None:
+    """Replace the checked pair at `path` by one file holding the same graph and weights inline."""
+    whole = path.with_name(f"whole-{path.name}")
+    write_self_contained(proto, whole)
+    data_file(path).unlink()
+    whole.replace(path)
 
 
 def data_file(path: Path) -> Path:
@@ -197,6 +200,16 @@ def pytorch_outputs(graph: torch.nn.Module, interface: Interface, example: dict[
     return [t.numpy() for t in (outputs if isinstance(outputs, (tuple, list)) else (outputs,))]
 
 
+def _check_profile():
+    """The cpu profile without weight prepacking: a check runs once, and prepacked copies of the MatMul
+    weights would hold them twice (ONNX Runtime maps the data file, so the weights are read, not copied)."""
+    from edgekit.ep_profiles import load_profile
+
+    cpu = load_profile("cpu")
+    entries = {**cpu.session.config_entries, "session.disable_prepacking": "1"}
+    return cpu.model_copy(update={"session": cpu.session.model_copy(update={"config_entries": entries})})
+
+
 def check_parity(model: Path, interface: Interface, check: Check, tolerance: float) -> tuple[str, float]:
     """Every output of ONNX Runtime vs PyTorch on the check's example: |diff| <= tolerance * max(1, max |torch|).
 
@@ -204,7 +217,7 @@ def check_parity(model: Path, interface: Interface, check: Check, tolerance: flo
     """
     from edgekit.session import Session
 
-    got = Session(model, ep="cpu").run(check.example)
+    got = Session(model, ep=_check_profile()).run(check.example)
     worst, worst_ratio, worst_error = "", -1.0, 0.0
     for spec, want in zip(interface.outputs, check.expected):
         error = float(np.abs(got[spec.name].astype(np.float64) - want).max()) if want.size else 0.0

@@ -11,6 +11,10 @@ exact rewrites fix that:
 
 Both change the graph, never its function: the float model's outputs are bit-identical.
 
+`export` writes that layout from the start (`store_tied_head_once`, on the onnx-ir model before its
+weights are streamed): otherwise ONNX Runtime constant-folds the head's `Transpose(embedding)` into a
+second copy of the table on every load (671 MB for Gemma-3-270M's 262K-row vocabulary).
+
 After MatMulNBits has quantized the head, `lookup_quantized_head` makes the lookup read the head's
 packed blocks too (`GatherBlockQuantized` on the same initializer), so the table is stored once, quantized
 once, and every row the lookup returns is exactly the row the head multiplies by. (ONNX Runtime's
@@ -22,7 +26,63 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import helper, numpy_helper
+
+CHUNK_BYTES = 16 << 20  # a transposed table is written this much at a time: no whole second copy in memory
+
+
+def store_tied_head_once(model: ir.Model) -> int:
+    """`MatMul(x, Transpose(W))` with `Gather(W, ids)` reading the same initializer becomes
+    `MatMul(x, W.T)` and `Transpose(Gather(W.T, ids, axis=1))`, `W.T` an initializer transposed as it is
+    written; returns how many tables were laid out so."""
+    graph, laid_out = model.graph, 0
+    for node in list(graph):
+        if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx"):
+            continue
+        table = node.inputs[0]
+        if table is None or not table.is_initializer() or table.const_value is None or len(table.shape) != 2:
+            continue
+        readers = [n for n, _ in node.outputs[0].uses()]
+        lookups = [n for n, i in table.uses() if n is not node and n.op_type == "Gather" and i == 0
+                   and n.attributes.get_int("axis", 0) == 0 and n.inputs[1].shape is not None]
+        if (not readers or any(n.op_type != "MatMul" for n in readers) or node.outputs[0].is_graph_output()
+                or len(table.uses()) != 1 + len(lookups) or not lookups
+                or list(node.attributes.get_ints("perm", [1, 0])) != [1, 0]):
+            continue
+        rows, columns = table.shape
+        head = ir.Value(name=f"{table.name}.T", shape=ir.Shape([columns, rows]), type=ir.TensorType(table.dtype),
+                        const_value=_transposed(table.const_value))
+        graph.register_initializer(head)
+        node.outputs[0].replace_all_uses_with(head)
+        graph.remove(node, safe=True)
+        for gather in lookups:
+            rank = len(gather.inputs[1].shape)
+            picked = ir.node("Gather", [head, gather.inputs[1]], attributes={"axis": 1}, name=f"{gather.name}/columns")
+            rows_out = ir.node("Transpose", picked.outputs, attributes={"perm": [*range(1, rank + 1), 0]},
+                               name=f"{gather.name}/rows")
+            graph.insert_before(gather, [picked, rows_out])
+            gather.outputs[0].replace_all_uses_with(rows_out.outputs[0], replace_graph_outputs=True)
+            graph.remove(gather, safe=True)
+        graph.initializers.pop(table.name)
+        laid_out += 1
+    return laid_out
+
+
+class _RowChunks(ir.Tensor):
+    """A (possibly strided) array written a few rows at a time."""
+
+    def tofile(self, file) -> None:
+        array = self.numpy()
+        rows = max(1, CHUNK_BYTES // max(1, array[:1].nbytes))
+        for start in range(0, array.shape[0], rows):
+            np.ascontiguousarray(array[start:start + rows]).tofile(file)
+
+
+def _transposed(tensor: ir.TensorProtocol) -> ir.LazyTensor:
+    rows, columns = tensor.shape
+    return ir.LazyTensor(lambda: _RowChunks(tensor.numpy().T), dtype=tensor.dtype,
+                         shape=ir.Shape([columns, rows]))
 
 
 def fold_transposed_weights(model: onnx.ModelProto) -> int:

@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 import torch
 
+from edgekit import weight_layout
 from edgekit.errors import EdgekitError
 from edgekit.interface import Interface
 from edgekit.runtime_ops import ONNX_OPSET, get_op
@@ -138,6 +139,7 @@ class Family:
                                         output_names=[s.name for s in interface.outputs],
                                         dynamic_shapes=dynamic, opset_version=ONNX_OPSET, dynamo=True,
                                         verbose=False)
+        weight_layout.store_tied_head_once(program.model)
         return program.model
 
     @classmethod

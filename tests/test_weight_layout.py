@@ -19,10 +19,30 @@ IDS = {"input_ids": (np.arange(40, dtype=np.int64)[None] * 7) % 512}
 @pytest.fixture(scope="module")
 def tied(tmp_path_factory):
     """gemma3-tiny ties its head to the embedding, as SmolLM2 and Gemma do; torch writes the head as
-    MatMul(x, Transpose(embedding))."""
+    MatMul(x, Transpose(embedding)), as here (edgekit's export without its own layout pass): the
+    layout of ONNX files from elsewhere."""
     path = tmp_path_factory.mktemp("layout") / "tied.onnx"
-    ek.export("gemma3-tiny", path, method="dense", check_tokens=16)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(weight_layout, "store_tied_head_once", lambda model: 0)
+        ek.export("gemma3-tiny", path, method="dense", check_tokens=16)
     return path
+
+
+def test_export_stores_the_tied_table_once_transposed(tied, tmp_path, monkeypatch):
+    """edgekit's export writes the layout itself: no Transpose of a weight left for ONNX Runtime to fold
+    into a second copy at load, the same bytes on disk, the same outputs bit for bit. The transposed table
+    is streamed a few rows at a time (here 3 of its 64 rows)."""
+    monkeypatch.setattr(weight_layout, "CHUNK_BYTES", 3 * 512 * 4)
+    ek.export("gemma3-tiny", tmp_path / "laid-out.onnx", method="dense", check_tokens=16)
+    model, torch_layout = onnx.load(str(tmp_path / "laid-out.onnx")), onnx.load(str(tied))
+    weights = {t.name for t in model.graph.initializer}
+    assert [n for n in torch_layout.graph.node if n.op_type == "Transpose" and n.input[0] in weights | {
+        t.name for t in torch_layout.graph.initializer}]  # the fixture is torch's layout
+    assert not [n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in weights]
+    assert [n for n in model.graph.node if n.op_type == "Gather" and onnx.helper.get_node_attr_value(n, "axis") == 1]
+    assert _bytes(model) == _bytes(torch_layout)
+    for got, want in zip(_run(model), _run(torch_layout)):
+        np.testing.assert_array_equal(got, want)
 
 
 def _run(model: onnx.ModelProto) -> list[np.ndarray]:
