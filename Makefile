@@ -50,7 +50,7 @@ demo: setup  ## the main job: export dense + DHSA of a built-in model, profile b
 	$(BIN)/edgekit demo
 
 test: setup  ## everything but the llama.cpp-backed tests (those are `make test-llamacpp`)
-	$(BIN)/python -m pytest -q -m "not llamacpp"
+	$(BIN)/python -m pytest -q -m "not llamacpp" --durations=15
 
 # llama.cpp baseline: llama-cpp-python compiled for this CPU (every ISA option explicit, no -march=native, no
 # AMX: `python -m edgekit.llamacpp_build` prints the flags), 4-17 minutes on 2 cores, then reused from the cache
