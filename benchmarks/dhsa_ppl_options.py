@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", help="name=value[,name=value]: one variant each")
     parser.add_argument("--length", type=int, default=8192)
     parser.add_argument("--json", help="write every variant's result")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     base = onnx.load(args.model)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
