@@ -287,7 +287,8 @@ def stage_rows(model, keep: int, image: np.ndarray, repeat: int, threads: int | 
         attrs = dict(target=keep, layers_left=stage.layers_left, prune=stage.prune, accumulate=stage.accumulate,
                      static_keep=stage.static_keep, scale=float(model.vit.encoder.layer[stage.layer].attention.scaling))
         session = ort_session(single_op_model(FLOWCUT, attrs, inputs), threads)
-        feeds = {name: x.numpy() for name, x in zip(FLOWCUT.inputs, inputs)}
+        # contiguous, as inside the graph: a strided feed would time ORT's copy of it too
+        feeds = {name: np.ascontiguousarray(x.numpy()) for name, x in zip(FLOWCUT.inputs, inputs)}
         rows.append(dict(layer=stage.layer, prune=stage.prune, patches_in=inputs[5].shape[1],
                          patches_out=tower.counts[stage.layer], ms=median_ms(lambda: session.run(None, feeds), repeat)))
     return rows
