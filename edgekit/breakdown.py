@@ -20,6 +20,7 @@ its op type (so a model without edgekit ops, or a vision model, still gets a bre
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import dataclasses
 import json
@@ -66,6 +67,7 @@ RULES = (
     Rule("DHSAAttention", None, "integer", "selection"),  # positions, causal / window masks, ranks
     Rule("DHSAAttention", MOVES - {"Pad"}, "float", "selection"),  # copies around the gathers, the output
     Rule("DHSAAttention", None, "float", "chunk scoring"),  # boundaries, summaries, block . chunk scores
+    Rule("SlidingWindowAttention", None, None, "sliding-window attention"),  # banded kernel, masks, copies
     Rule(MAIN, MATMULS, None, "projections/MLP"),
     Rule(MAIN, frozenset({"Attention", "GroupQueryAttention", "MultiHeadAttention"}), None, "attention"),
     Rule(MAIN, NORMS_ROPE | ELEMENTWISE | MOVES | {"Gather"}, None, "other"),  # Gather: the embedding
@@ -103,6 +105,20 @@ def provenance(node_name: str, functions, folded_owner: str | None = None) -> st
     if best == MAIN and folded_owner and FOLDED_IF.match(node_name):
         return folded_owner
     return best
+
+
+def owners(nodes: list["Node"], functions, folded_owner: str | None = None) -> list[str]:
+    """`provenance` of each node, in timeline order. A folded If node that no single function owns (a model
+    with two functions holding Ifs, e.g. sliding-window and DHSA layers) goes to the function of its nearest
+    non-folded neighbour in the timeline: ORT runs a folded branch among the nodes of the body it came from."""
+    owned = [provenance(n.name, functions, folded_owner) for n in nodes]
+    anchors = [i for i, n in enumerate(nodes) if owned[i] != MAIN and not FOLDED_IF.match(n.name)]
+    for i, node in enumerate(nodes):
+        if owned[i] == MAIN and anchors and FOLDED_IF.match(node.name):
+            at = bisect.bisect_left(anchors, i)
+            near = anchors[max(0, at - 1):at + 1]
+            owned[i] = owned[min(near, key=lambda j: (abs(j - i), j > i))]
+    return owned
 
 
 @dataclasses.dataclass
@@ -153,14 +169,15 @@ def _nest(nodes: list[Node]) -> None:
 def summarize(nodes: list[Node], runs: int, run_ms: float, functions, folded_owner: str | None = None) -> dict:
     """Milliseconds per run by category and by op type (leaf nodes; control flow as its own overhead)."""
     categories, op_types = collections.Counter(), collections.Counter()
-    for node in nodes:
+    timeline = sorted(nodes, key=lambda n: (n.start, -n.dur))
+    for node, owner in zip(timeline, owners(timeline, functions, folded_owner)):
         if node.op in CONTROL_FLOW:
             own = max(0, node.dur - node.children_us) / 1000 / runs
             categories[LOOP_OVERHEAD if node.op == "Loop" else f"{node.op} overhead"] += own
             op_types[node.op] += own
             continue
         ms = node.dur / 1000 / runs
-        categories[categorize(provenance(node.name, functions, folded_owner), node.op, node.output)] += ms
+        categories[categorize(owner, node.op, node.output)] += ms
         op_types[node.op] += ms
     kernels = sum(n.dur for n in nodes if n.parent is None) / 1000 / runs
     return {"runs": runs, "run_ms": run_ms / runs, "kernel_ms": kernels,

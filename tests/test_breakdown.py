@@ -54,6 +54,26 @@ def test_provenance_is_the_innermost_function_and_unknown_ops_fall_back_to_op_ty
     assert bd.categorize("DHSAAttention", "Sub", "integer") == "selection"
 
 
+def test_folded_if_nodes_go_to_the_function_around_them_when_two_functions_hold_ifs():
+    """Gemma3's DHSA export has Ifs in both SlidingWindowAttention and DHSAAttention: ORT's folded branch
+    nodes lose their function prefix, and a folded MatMul must not count as a main-graph projection."""
+    sw, dhsa = "_inlfunc_SlidingWindowAttention_token_1", "_inlfunc_DHSAAttention_token_2"
+    events = [_run(0, 3000), _node(f"{sw}_n1", "Pad", 10, 50),
+              _node("_if_then_branch_Attention", "Attention", 70, 400),
+              _node("node_o_proj", "MatMul", 500, 300), _node("node_norm", "RMSNormalization", 820, 20),
+              _node("_if_else_branch_MatMul", "MatMul", 850, 200), _node(f"{dhsa}_n2", "TopK", 1060, 100),
+              _node("_if_then_branch_token_3_ReduceMax", "ReduceMax", 1170, 30), _node("node_down", "MatMul", 1300, 100)]
+    nodes, runs, run_ms = bd.timed_nodes(events, warmup_runs=0)
+    owned = bd.owners(sorted(nodes, key=lambda n: n.start), ["SlidingWindowAttention", "DHSAAttention"])
+    assert owned == ["SlidingWindowAttention", "SlidingWindowAttention", bd.MAIN, bd.MAIN, "DHSAAttention",
+                     "DHSAAttention", "DHSAAttention", bd.MAIN]
+    result = bd.summarize(nodes, runs, run_ms, ["SlidingWindowAttention", "DHSAAttention"])
+    assert result["categories"]["projections/MLP"] == pytest.approx(0.4)  # o_proj + down, not the folded MatMul
+    assert result["categories"]["sliding-window attention"] == pytest.approx(0.45)
+    assert result["categories"]["chunk scoring"] == pytest.approx(0.23)  # folded float MatMul + ReduceMax
+    assert result["categories"]["selection"] == pytest.approx(0.1)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     out = tmp_path_factory.mktemp("breakdown")

@@ -24,6 +24,7 @@ from ..family import Family, Method
 from .cache_attention import HEAD_DIM_MULTIPLE
 from .decode import DECODE_ATTENTION, DecodeGraph
 from .gguf_writer import check_common, layer_types
+from .tied_init import from_config_tied
 
 # DHSA attributes a user sets; the model itself supplies scale, softcap and sliding_window.
 DHSA_USER_OPTIONS = ("block_size", "chunk_size", "adaptive_chunks", "length_scaled", "chunk_score", "budget_tokens",
@@ -170,6 +171,8 @@ class CausalLMFamily(Family):
 
         torch.manual_seed(seed)
         config = cls.config_class(**cls.presets[name])
+        if getattr(config, "tie_word_embeddings", False):  # same weights, without a transient head table
+            return from_config_tied(AutoModelForCausalLM, config, dtype=torch.float32).eval()
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
     @classmethod
