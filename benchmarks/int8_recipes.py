@@ -29,14 +29,20 @@ from edgekit.agreement import agreement_feeds, check_sizes
 from edgekit.session import Session
 
 
+def links(model: onnx.ModelProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """The node writing each tensor, and the nodes reading it."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            readers.setdefault(name, []).append(n)
+    return producer, readers
+
+
 def roles(model: onnx.ModelProto) -> dict[str, list[str]]:
     """MatMul node names by projection role, read off the graph around them."""
     weights = {t.name for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    readers: dict[str, int] = {}
-    for n in model.graph.node:
-        if n.op_type == "MatMul":
-            readers[n.input[0]] = readers.get(n.input[0], 0) + 1
+    producer, readers = links(model)
     found: dict[str, list[str]] = {}
     for n in model.graph.node:
         if n.op_type != "MatMul" or n.input[1] not in weights or n.input[0] not in producer:
@@ -44,7 +50,8 @@ def roles(model: onnx.ModelProto) -> dict[str, list[str]]:
         source = producer[n.input[0]].op_type
         role = {"Mul": "down", "Reshape": "o"}.get(source)
         if source == "RMSNormalization":
-            role = {3: "qkv", 2: "gate_up"}.get(readers[n.input[0]])
+            matmuls = sum(r.op_type == "MatMul" for r in readers[n.input[0]])
+            role = {3: "qkv", 2: "gate_up"}.get(matmuls)
         if role:
             found.setdefault(role, []).append(n.name)
     return found
@@ -55,11 +62,7 @@ def smoothed(model: onnx.ModelProto, path: str, alpha: float, feeds: list[dict])
     import onnxruntime as ort
 
     init = {t.name: t for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in model.graph.node:
-        for name in n.input:
-            readers.setdefault(name, []).append(n)
+    producer, readers = links(model)
     groups = []  # (activation, the tensor scaled down, its axis, weights scaled up)
     for n in model.graph.node:
         mms = [r for r in readers.get(n.output[0], []) if r.op_type == "MatMul" and r.input[1] in init]

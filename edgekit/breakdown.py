@@ -137,8 +137,8 @@ class Node:
 
 
 def timed_nodes(events: list[dict], warmup_runs: int) -> tuple[list[Node], int, float]:
-    """Kernel-time events of the timed runs (the first `warmup_runs` model_run spans are dropped), with each
-    control-flow node's body time filled in; also the number of timed runs and their wall time (ms)."""
+    """Kernel-time events of the timed runs in timeline order (the first `warmup_runs` model_run spans are
+    dropped), with each control-flow node's body time filled in; also the number of timed runs and their wall time (ms)."""
     runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
                   key=lambda e: e["ts"])
     timed = runs[warmup_runs:]
@@ -167,10 +167,10 @@ def _nest(nodes: list[Node]) -> None:
 
 
 def summarize(nodes: list[Node], runs: int, run_ms: float, functions, folded_owner: str | None = None) -> dict:
-    """Milliseconds per run by category and by op type (leaf nodes; control flow as its own overhead)."""
+    """Milliseconds per run by category and by op type (leaf nodes; control flow as its own overhead).
+    `nodes` in timeline order, as `timed_nodes` returns them."""
     categories, op_types = collections.Counter(), collections.Counter()
-    timeline = sorted(nodes, key=lambda n: (n.start, -n.dur))
-    for node, owner in zip(timeline, owners(timeline, functions, folded_owner)):
+    for node, owner in zip(nodes, owners(nodes, functions, folded_owner)):
         if node.op in CONTROL_FLOW:
             own = max(0, node.dur - node.children_us) / 1000 / runs
             categories[LOOP_OVERHEAD if node.op == "Loop" else f"{node.op} overhead"] += own
