@@ -14,7 +14,10 @@ At a pruning stage the count removed adapts to how peaked CLS's attention is (fl
     rho = H(a / sum a) / log(N - 1),   r = round(max_batch((N - 1 - target) / sqrt(layers_left) * (1 - rho^2)))
 and max(N - 1 - r, target) patches with the largest `cum` are kept (layers_left 0: exactly `target`).
 The relay token stays first; kept patches stay in their original spatial order. Only the CLS row of the
-attention is computed here (from q_CLS and K), so the layer's own attention stays one fused kernel.
+attention is computed here (from q_CLS and K), so the layer's own attention stays one fused kernel. The scoring
+reads q, k and v only and the gather from hidden comes last, so ONNX Runtime can score before the layer's
+attention, while K and V are still in cache (a score-only stage's hidden_out waits on its scores for the same
+reason).
 
 ONNX has no Sort: the selection is TopK (ties resolve to the lower index, which ONNX guarantees), and the
 kept positions are put back in order by a second TopK over the indices. The reference sorts stably on
@@ -214,15 +217,20 @@ def FlowCutPrune(
     end = op.Constant(value_ints=[9223372036854775807])
     off = op.Reshape(op.Constant(value_int=relay), one)  # (1,) 1: CLS at 0, 0: no relay token
     use_cls = op.Cast(op.Constant(value_int=relay), to=9)
-    n = op.Sub(op.Shape(hidden, start=1, end=2), off)  # (1,) candidates
+    # the candidates counted from the query, not hidden: the scoring If below then needs nothing the MLP makes,
+    # so ONNX Runtime can run it while the layer's K and V are still in cache
+    n = op.Sub(op.Shape(query, start=2, end=3), off)  # (1,) candidates
     tgt = op.Reshape(op.Constant(value_int=target), one)
     fixed = op.Reshape(op.Constant(value_int=static_keep), one)
     threshold = op.Where(fixed > zero, fixed, tgt)
-    if op.Squeeze(n > threshold):
+    active = op.Squeeze(n > threshold)
+    if active:
         # CLS's attention row and its value similarity, head means: (B, H, 1, N) -> (B, N)
         scale_c = op.CastLike(op.Constant(value_float=scale), query)
-        d = op.CastLike(op.Shape(query, start=3), query)
-        s = op.Where(scale_c > op.CastLike(0.0, query), scale_c, op.Div(op.CastLike(1.0, query), op.Sqrt(d)))
+        if scale_c > op.CastLike(0.0, query):  # a constant condition: ONNX Runtime folds it away
+            s = op.Identity(scale_c)
+        else:
+            s = op.Div(op.CastLike(1.0, query), op.Sqrt(op.CastLike(op.Shape(query, start=3), query)))
         tokens = op.Constant(value_ints=[2])
         if use_cls:
             q_relay = op.Slice(query, zero, one, tokens)  # (B, H, 1, d)
@@ -273,20 +281,30 @@ def FlowCutPrune(
             # TopK: ties resolve to the lower index; a second TopK restores the original order
             top_v, top = op.TopK(cum, keep, axis=-1, largest=1, sorted=1)  # (B, keep)
             kept, kept_pos = op.TopK(top, keep, axis=-1, largest=0, sorted=1)  # ascending indices
-            # one gather of the relay's row (0) and the kept rows from hidden itself: no copy of the patches first
             lead = op.Mul(op.Slice(kept, zero, off, one), zero)  # (B, relay) zeros
-            rows = op.Concat(lead, op.Add(kept, off), axis=1)  # (B, relay + keep)
-            hidden_out = op.GatherND(hidden, op.Unsqueeze(rows, last), batch_dims=1)  # (B, relay + keep, C)
+            rows = op.Concat(lead, op.Add(kept, off), axis=1)  # (B, relay + keep): the relay's row and the kept
             indices_out = op.GatherElements(indices, kept, axis=1)  # (B, keep)
             scores_out = op.GatherElements(cum, kept, axis=1)
         else:
-            hidden_out = op.Identity(hidden)
+            rows = op.Identity(indices)  # unread: only a pruning stage gathers
             indices_out = op.Identity(indices)
             scores_out = op.Identity(cum)
     else:
-        hidden_out = op.Identity(hidden)
+        rows = op.Identity(indices)  # unread
         indices_out = op.Identity(indices)
         scores_out = op.Identity(scores)
+    # the only step that needs the layer's output: one gather of the relay's and the kept rows from hidden
+    if op.Cast(op.Constant(value_int=prune), to=9):  # constant: folded, so a score-only stage has no If here
+        if active:
+            hidden_out = op.GatherND(hidden, op.Unsqueeze(rows, op.Constant(value_ints=[-1])), batch_dims=1)
+        else:
+            hidden_out = op.Identity(hidden)
+    else:
+        # hidden itself (a Reshape to its own shape: no copy), but with its batch size read from the scores: that
+        # makes the next layer wait for this stage, so ONNX Runtime scores while K and V are still in cache
+        # instead of just before the next stage reads the scores
+        hidden_out = op.Reshape(hidden, op.Concat(op.Shape(scores_out, start=0, end=1), op.Shape(hidden, start=1),
+                                                  axis=0))
     return hidden_out, indices_out, scores_out
 
 

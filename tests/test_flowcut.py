@@ -3,6 +3,10 @@ sample) and the LLaVA-style VLM family on its tiny preset, every method."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -219,3 +223,31 @@ def test_mean_relay_scores_every_token_and_keeps_none_aside():
     torch.testing.assert_close(scores, want.gather(1, idx))
     got = run_ort(x, target=10, layers_left=0, accumulate=0, relay=0)
     np.testing.assert_array_equal(got[1], idx.numpy())
+
+
+def stage_of(node_name: str) -> int | None:
+    """Which FlowCutPrune call (in graph order) an inlined node came from: ONNX Runtime names the first call's
+    nodes `_inlfunc_FlowCutPrune_n..`, the next ones `_inlfunc_FlowCutPrune_token_{k}_n..`."""
+    match = re.match(r"_inlfunc_FlowCutPrune_(?:token_(\d+)_)?n\d+", node_name)
+    return None if match is None else (0 if match.group(1) is None else int(match.group(1)) + 1)
+
+
+def test_every_stage_scores_before_its_layer_attention(flowcut_model, tmp_path):
+    """The scoring reads the layer's K and V: run after the MLP (or just before the next stage), it reads them
+    from memory again. It must run before the layer's own attention, while they are in cache."""
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(tmp_path / "trace")
+    session = ort.InferenceSession(str(flowcut_model[1]), options, providers=["CPUExecutionProvider"])
+    feeds = Session(str(flowcut_model[1])).interface.example_inputs({"batch": 1, "sequence": 12})
+    session.run(None, feeds)
+    events = [e for e in json.loads(Path(session.end_profiling()).read_text())
+              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    attention = [i for i, e in enumerate(events) if e["args"]["op_name"] == "Attention"]
+    first_matmul = {}
+    for i, e in enumerate(events):
+        stage = stage_of(e["name"])
+        if stage is not None and "MatMul" in e["args"]["op_name"]:
+            first_matmul.setdefault(stage, i)
+    assert sorted(first_matmul) == [0, 1, 2, 3]  # stages after the tower's layers 0..3
+    for stage, at in first_matmul.items():
+        assert at < attention[stage], f"stage {stage} scores after layer {stage}'s attention"
