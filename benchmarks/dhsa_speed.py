@@ -4,11 +4,13 @@
     python benchmarks/dhsa_speed.py summary --probe sgemm.json --dhsa dhsa.onnx PROFILE.json [PROFILE.json ...]
 
 `probe` measures the sgemm rate two ways: torch's 4096^3 fp32 matmul, and ONNX Runtime's MatMul at the
-model's own projection shapes (4096 tokens x hidden @ hidden x out). `summary` takes `edgekit profile
+model's own projection shapes (4096 tokens x hidden @ hidden x out); and ONNX Runtime's `Attention` at the
+shapes of one DHSA Loop step (causal, and unmasked as a bound). `summary` takes `edgekit profile
 --json` files (dense and DHSA rows), counts the FLOPs each DHSA point must do (`dhsa_flops`, from the
 model's config and the op's options in the DHSA file's metadata), and prints the achieved rate, its share
 of the sgemm rate and the targets: 16K at >= 60% of the sgemm rate, time(32K) / time(16K) <= 2.3, DHSA no
-slower than dense at any length where dense ran.
+slower than dense at any length where dense ran. It also gives the floor ORT's kernels set: the time with
+every projection at ORT's MatMul rate, the kept attention at ORT's `Attention` rate and everything else free.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def attention_flops(shape: dict, seq_len: int, budget: int | None) -> float:
     (None: dense). A query at position p sees min(p + 1, budget) keys; 4 * head_dim FLOPs per key and head."""
     p = np.arange(seq_len, dtype=np.float64) + 1
     keys = np.minimum(p, budget).sum() if budget else p.sum()
-    return 4 * shape["head_dim"] * shape["q_heads"] * keys * shape["layers"]
+    return float(4 * shape["head_dim"] * shape["q_heads"] * keys * shape["layers"])
 
 
 def scoring_flops(shape: dict, seq_len: int, options: dict) -> float:
@@ -98,6 +100,36 @@ def ort_matmul_rate(k: int, n: int, threads: int, rows: int = 4096, repeat: int 
     return 2 * rows * k * n / best / 1e9
 
 
+def ort_attention_rate(shape: dict, threads: int, causal: bool = True, block: int = 128, budget: int = 2048,
+                       queries: int = 4096, repeat: int = 3) -> float:
+    """GFLOP/s of ONNX Runtime's `Attention` at the shapes of one DHSA Loop step: every block of `block` queries
+    (the KV head's group of query heads) over its `budget - block` kept earlier keys, passed as past key/value,
+    and its own keys, causal as in the body. `causal=False` is the same work unmasked: a bound, not DHSA."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    n, group, dim = queries // block * shape["kv_heads"], shape["q_heads"] // shape["kv_heads"], shape["head_dim"]
+    past = budget - block
+    rng = np.random.default_rng(0)
+    sizes = {"q": (n, group, block, dim), "k": (n, 1, block, dim), "v": (n, 1, block, dim), "pk": (n, 1, past, dim),
+             "pv": (n, 1, past, dim)}
+    feeds = {name: rng.standard_normal(size, dtype=np.float32) / dim**0.5 for name, size in sizes.items()}
+    node = helper.make_node("Attention", ["q", "k", "v", "", "pk", "pv"], ["y", "present_k", "present_v"],
+                            is_causal=int(causal), scale=1.0)
+    graph = helper.make_graph([node], "attention",
+                              [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, v) for k, v in sizes.items()],
+                              [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, None)
+                               for k in ("y", "present_k", "present_v")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+    best = min(_timed(lambda: session.run(None, feeds)) for _ in range(repeat))
+    return 4 * n * group * block * budget * dim / best / 1e9
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -111,7 +143,23 @@ def probe(model: str, threads: int) -> dict:
               "down": (shape["mlp"], h)}
     ort_rates = {name: ort_matmul_rate(k, n, threads) for name, (k, n) in shapes.items()}
     return {"threads": threads, "model": model, "shape": shape, "torch_sgemm_4096_gflops": torch_sgemm_rate(threads),
-            "ort_matmul_gflops": ort_rates}
+            "ort_matmul_gflops": ort_rates,
+            "ort_attention_gflops": {"kept_causal": ort_attention_rate(shape, threads),
+                                     "kept_unmasked": ort_attention_rate(shape, threads, causal=False)}}
+
+
+def kernel_floor_seconds(probe_result: dict, seq_len: int, budget: int) -> float | None:
+    """The least time ONNX Runtime's own kernels allow at this length: every projection at ORT's MatMul rate for
+    its shape, the kept attention at ORT's `Attention` rate at DHSA's step shapes, and everything else (chunk
+    scoring, selection, norms, RoPE) free. None for a probe without the attention rate."""
+    if "ort_attention_gflops" not in probe_result:
+        return None
+    shape, rates = probe_result["shape"], probe_result["ort_matmul_gflops"]
+    h, hd, tokens = shape["hidden"], shape["head_dim"], seq_len * shape["layers"]
+    flops = {"q/o": 2 * 2 * h * shape["q_heads"] * hd, "k/v": 2 * 2 * h * shape["kv_heads"] * hd,
+             "gate/up": 2 * 2 * h * shape["mlp"], "down": 2 * shape["mlp"] * h}
+    seconds = sum(f * tokens / (rates[name] * 1e9) for name, f in flops.items())
+    return seconds + attention_flops(shape, seq_len, budget) / (probe_result["ort_attention_gflops"]["kept_causal"] * 1e9)
 
 
 def dhsa_options(path: str) -> dict:
@@ -134,8 +182,11 @@ def summary(probe_result: dict, dhsa_path: str, profiles: list[str]) -> dict:
         s, seconds = r["seq_len"], r["latency_ms"]["median"] / 1000
         flops = dhsa_flops(shape, s, options)
         achieved = flops["total"] / seconds / 1e9
+        floor = kernel_floor_seconds(probe_result, s, options["budget_tokens"])
         points[s] = {"seconds": seconds, "tflop": flops["total"] / 1e12, "gflops": achieved,
-                     "share_of_sgemm": achieved / rate, "dense_seconds": dense.get(s),
+                     "share_of_sgemm": achieved / rate, "kernel_floor_seconds": floor,
+                     "ceiling_share_of_sgemm": flops["total"] / floor / 1e9 / rate if floor else None,
+                     "dense_seconds": dense.get(s),
                      "speedup_vs_dense": dense[s] / seconds if s in dense else None,
                      "peak_rss_mb": r["peak_rss_mb"]}
     return {"sgemm_gflops": rate, "options": options, "points": points, "targets": _targets(points)}
@@ -154,13 +205,16 @@ def _targets(points: dict) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"sgemm rate (torch 4096^3, measured): {result['sgemm_gflops']:.0f} GFLOP/s", "",
-             "| tokens | DHSA s | TFLOP to do | GFLOP/s | % of sgemm | dense s | speedup vs dense | peak MB |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| tokens | DHSA s | TFLOP to do | GFLOP/s | % of sgemm | ORT kernels' floor s (% of sgemm) | dense s | "
+             "speedup vs dense | peak MB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s, p in sorted(result["points"].items()):
         dense = f"{p['dense_seconds']:.1f}" if p["dense_seconds"] else "—"
         speedup = f"{p['speedup_vs_dense']:.2f}x" if p["speedup_vs_dense"] else "—"
+        floor = (f"{p['kernel_floor_seconds']:.1f} ({100 * p['ceiling_share_of_sgemm']:.0f}%)"
+                 if p.get("kernel_floor_seconds") else "—")
         lines.append(f"| {s} | {p['seconds']:.1f} | {p['tflop']:.2f} | {p['gflops']:.0f} | "
-                     f"{100 * p['share_of_sgemm']:.0f}% | {dense} | {speedup} | {p['peak_rss_mb']:.0f} |")
+                     f"{100 * p['share_of_sgemm']:.0f}% | {floor} | {dense} | {speedup} | {p['peak_rss_mb']:.0f} |")
     lines += ["", "| target | measured | wanted | met |", "|---|---:|---|---|"]
     for name, t in result["targets"].items():
         value = t["value"]
