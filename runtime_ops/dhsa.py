@@ -409,14 +409,16 @@ def DHSAAttention(
             reach = op.Max(span, op.Min(hi * L, seq))
             c_hi = op.Min(op.Div(reach - one, chunk) + one, n_chunks)  # chunks [0, c_hi) can be gathered or seen
             can_see = op.Unsqueeze(op.Slice(starts, zero, c_hi, last_axis), two) <= op.Slice(last_query, lo, hi, zero)
+            q_blocks = op.Transpose(q_step, perm=[0, 1, 3, 2, 4, 5])  # (B, Hkv, T, G, L, D): a block's queries together
             if use_bound:
                 # "bound": max(q * high, q * low) per channel = relu(q) * high + min(q, 0) * low, one matmul
-                # over all the step's queries of a KV head: (G * T * L, 2D) @ (2D, C)
-                split = op.Concat(op.Relu(q_step), op.Min(q_step, op.CastLike(0.0, query)), axis=-1)
+                # over all the step's queries of a KV head: (T * G * L, 2D) @ (2D, C); the max over a block's
+                # G * L queries then reduces one contiguous axis (ORT's reduction over two apart is ~2x slower)
+                split = op.Concat(op.Relu(q_blocks), op.Min(q_blocks, op.CastLike(0.0, query)), axis=-1)
                 split = op.Reshape(split, op.Concat(batch, kv_heads, last_axis, dim + dim, axis=0))
                 bound = op.Reshape(op.MatMul(split, op.Slice(bounds_t, zero, c_hi, last_axis)),
-                                   op.Concat(batch, kv_heads, group, count, own, last_axis, axis=0))  # (.., C')
-                bound = op.ReduceMax(bound, op.Constant(value_ints=[2, 4]), keepdims=0)  # (B, Hkv, T, C')
+                                   op.Concat(batch, kv_heads, count, last_axis, c_hi, axis=0))  # (B, Hkv, T, G * L, C')
+                bound = op.ReduceMax(bound, op.Constant(value_ints=[3]), keepdims=0)  # (B, Hkv, T, C')
             else:
                 bound = op.CastLike(can_see, query)  # unused
             if use_mean:
@@ -455,8 +457,7 @@ def DHSAAttention(
             own4 = op.Concat(n, one, own, dim, axis=0)
             k_own = op.Reshape(op.Slice(key, q_lo, q_hi, two), own4)  # (B * Hkv * T, 1, L, D)
             v_own = op.Reshape(op.Slice(value, q_lo, q_hi, two), own4)
-            q_s = op.Reshape(op.Transpose(q_step, perm=[0, 1, 3, 2, 4, 5]) * q_scale,
-                             op.Concat(n, group, own, dim, axis=0))  # (B * Hkv * T, G, L, D)
+            q_s = op.Reshape(q_blocks * q_scale, op.Concat(n, group, own, dim, axis=0))  # (B * Hkv * T, G, L, D)
             if windowed:
                 qp = op.Unsqueeze(op.Reshape(op.Range(op.Squeeze(q_lo), op.Squeeze(q_hi), op.Constant(value_int=1)),
                                              op.Concat(count, own, axis=0)), last_axis)  # (T, L, 1)
