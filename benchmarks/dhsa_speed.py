@@ -35,11 +35,17 @@ def model_shape(model: str) -> dict:
             "layers": config.num_hidden_layers}
 
 
+def projection_shapes(shape: dict) -> dict[str, tuple[int, int, int]]:
+    """Each layer's projection weights as {name: (in, out, how many)}: q and o, k and v, gate and up, down."""
+    h, hd = shape["hidden"], shape["head_dim"]
+    return {"q/o": (h, shape["q_heads"] * hd, 2), "k/v": (h, shape["kv_heads"] * hd, 2),
+            "gate/up": (h, shape["mlp"], 2), "down": (shape["mlp"], h, 1)}
+
+
 def projection_flops(shape: dict, seq_len: int) -> float:
     """q, k, v, o and the gated MLP (gate, up, down) of every layer, 2 FLOPs per multiply-add; the
     last-token LM head is left out (a few MFLOPs)."""
-    h, hd = shape["hidden"], shape["head_dim"]
-    per_token = 2 * (h * shape["q_heads"] * hd * 2 + h * shape["kv_heads"] * hd * 2) + 2 * 3 * h * shape["mlp"]
+    per_token = sum(2 * k * n * count for k, n, count in projection_shapes(shape).values())
     return per_token * seq_len * shape["layers"]
 
 
@@ -91,13 +97,8 @@ def ort_matmul_rate(k: int, n: int, threads: int, rows: int = 4096, repeat: int 
                               [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [rows, k])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [rows, n])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((rows, k)).astype(np.float32)
-    session.run(None, {"x": x})
-    best = min(_timed(lambda: session.run(None, {"x": x})) for _ in range(repeat))
-    return 2 * rows * k * n / best / 1e9
+    return 2 * rows * k * n / _best_seconds(model, {"x": x}, threads, repeat) / 1e9
 
 
 def ort_attention_rate(shape: dict, threads: int, causal: bool = True, block: int = 128, budget: int = 2048,
@@ -106,7 +107,6 @@ def ort_attention_rate(shape: dict, threads: int, causal: bool = True, block: in
     (the KV head's group of query heads) over its `budget - block` kept earlier keys, passed as past key/value,
     and its own keys, causal as in the body. `causal=False` is the same work unmasked: a bound, not DHSA."""
     import onnx
-    import onnxruntime as ort
     from onnx import helper
 
     n, group, dim = queries // block * shape["kv_heads"], shape["q_heads"] // shape["kv_heads"], shape["head_dim"]
@@ -122,12 +122,18 @@ def ort_attention_rate(shape: dict, threads: int, causal: bool = True, block: in
                               [helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, None)
                                for k in ("y", "present_k", "present_v")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+    return 4 * n * group * block * budget * dim / _best_seconds(model, feeds, threads, repeat) / 1e9
+
+
+def _best_seconds(model, feeds: dict, threads: int, repeat: int) -> float:
+    """The fastest of `repeat` runs of a one-node model on ORT's CPU provider, after one warm-up run."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     session.run(None, feeds)
-    best = min(_timed(lambda: session.run(None, feeds)) for _ in range(repeat))
-    return 4 * n * group * block * budget * dim / best / 1e9
+    return min(_timed(lambda: session.run(None, feeds)) for _ in range(repeat))
 
 
 def _timed(fn) -> float:
@@ -138,10 +144,7 @@ def _timed(fn) -> float:
 
 def probe(model: str, threads: int) -> dict:
     shape = model_shape(model)
-    h, hd = shape["hidden"], shape["head_dim"]
-    shapes = {"q/o": (h, shape["q_heads"] * hd), "k/v": (h, shape["kv_heads"] * hd), "gate/up": (h, shape["mlp"]),
-              "down": (shape["mlp"], h)}
-    ort_rates = {name: ort_matmul_rate(k, n, threads) for name, (k, n) in shapes.items()}
+    ort_rates = {name: ort_matmul_rate(k, n, threads) for name, (k, n, _) in projection_shapes(shape).items()}
     return {"threads": threads, "model": model, "shape": shape, "torch_sgemm_4096_gflops": torch_sgemm_rate(threads),
             "ort_matmul_gflops": ort_rates,
             "ort_attention_gflops": {"kept_causal": ort_attention_rate(shape, threads),
@@ -155,10 +158,9 @@ def kernel_floor_seconds(probe_result: dict, seq_len: int, budget: int) -> float
     if "ort_attention_gflops" not in probe_result:
         return None
     shape, rates = probe_result["shape"], probe_result["ort_matmul_gflops"]
-    h, hd, tokens = shape["hidden"], shape["head_dim"], seq_len * shape["layers"]
-    flops = {"q/o": 2 * 2 * h * shape["q_heads"] * hd, "k/v": 2 * 2 * h * shape["kv_heads"] * hd,
-             "gate/up": 2 * 2 * h * shape["mlp"], "down": 2 * shape["mlp"] * h}
-    seconds = sum(f * tokens / (rates[name] * 1e9) for name, f in flops.items())
+    tokens = seq_len * shape["layers"]
+    seconds = sum(2 * k * n * count * tokens / (rates[name] * 1e9)
+                  for name, (k, n, count) in projection_shapes(shape).items())
     return seconds + attention_flops(shape, seq_len, budget) / (probe_result["ort_attention_gflops"]["kept_causal"] * 1e9)
 
 
